@@ -1,0 +1,174 @@
+"""RolloutBatch: the per-step columns passed from rollout to the advantage estimators.
+
+One row is one agent step (a single-turn completion is a trajectory with one step, step 0).
+Columns are 1-D and of one length N; they may be tensors, NumPy arrays or Python sequences.
+Identifier columns (``group_id``, ``traj_id``, ``agent_id``) may hold any hashable values (ints,
+strings, UUIDs); they are factorized once into dense int64 codes. ``state`` and ``next_state`` are
+exact int64 ids of the anchor observation (see :func:`state_ids`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["RolloutBatch", "factorize", "state_ids", "to_hashable"]
+
+Column = torch.Tensor | np.ndarray | Sequence[Any]
+
+
+def to_hashable(obs: Any) -> Hashable:
+    """Exact, hashable key of an observation.
+
+    Strings, numbers and tuples are kept as they are (Python equality decides identity, as in the
+    released verl-agent ``to_hashable``); lists become tuples, dicts sorted tuples of items, and
+    arrays/tensors ``(dtype, shape, raw bytes)`` — unlike the reference's ``tuple(flatten())``,
+    two arrays of different shape or dtype never merge.
+    """
+    if isinstance(obs, torch.Tensor):
+        obs = obs.detach().cpu().numpy()
+    if isinstance(obs, np.ndarray):
+        return (obs.dtype.str, obs.shape, np.ascontiguousarray(obs).tobytes())
+    if isinstance(obs, list | tuple):
+        return tuple(to_hashable(o) for o in obs)
+    if isinstance(obs, dict):
+        return tuple(sorted((to_hashable(k), to_hashable(v)) for k, v in obs.items()))
+    if isinstance(obs, set | frozenset):
+        return frozenset(to_hashable(o) for o in obs)
+    return obs
+
+
+def state_ids(observations: Iterable[Any] | np.ndarray | torch.Tensor,
+              vocabulary: dict[Hashable, int] | None = None) -> torch.Tensor:
+    """Assign exact int64 ids to anchor observations (no lossy hashing).
+
+    Equal observations get equal ids, different ones different ids. Pass the same ``vocabulary``
+    dict to several calls (e.g. for ``state`` then ``next_state``) to share one id space; it maps
+    the exact key (:func:`to_hashable`) to the id and is extended in place.
+
+    Accepts a sequence of strings, tuples, numbers, lists or arrays, or one array/tensor whose
+    first dimension indexes the observations (rows are compared bytewise, per dtype and shape).
+    ``None`` is not an observation and raises ``ValueError``.
+    """
+    vocab: dict[Hashable, int] = {} if vocabulary is None else vocabulary
+    if isinstance(observations, torch.Tensor):
+        observations = observations.detach().cpu().numpy()
+    if isinstance(observations, np.ndarray) and observations.dtype != object:
+        if observations.ndim == 0:
+            raise ValueError("state_ids: observations must be a sequence, got a 0-d array")
+        n = observations.shape[0]
+        if observations.ndim == 1 and observations.dtype.kind in "US":
+            uniq, inverse = np.unique(observations, return_inverse=True)
+            keys: list[Hashable] = [str(u) if observations.dtype.kind == "U" else bytes(u)
+                                    for u in uniq]
+        else:
+            flat = np.ascontiguousarray(observations.reshape(n, -1))
+            uniq, inverse = np.unique(flat, axis=0, return_inverse=True)
+            shape = observations.shape[1:]
+            keys = [(observations.dtype.str, shape, row.tobytes()) if observations.ndim > 1
+                    else row.item() for row in uniq]
+        ids = np.fromiter((vocab.setdefault(k, len(vocab)) for k in keys), np.int64, len(keys))
+        return torch.from_numpy(ids[inverse.reshape(-1)])
+    out = []
+    for i, obs in enumerate(observations):
+        if obs is None:
+            raise ValueError(f"state_ids: observation at row {i} is None; every row needs an "
+                             "observation (use a sentinel string for terminal states)")
+        out.append(vocab.setdefault(to_hashable(obs), len(vocab)))
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def factorize(values: Column, name: str = "column") -> tuple[torch.Tensor, int]:
+    """Dense int64 codes 0..K-1 for any 1-D column of hashable values, and K.
+
+    Integer and boolean tensors/arrays go through ``torch.unique`` (sort-based); strings through
+    ``np.unique``; other objects through one dict pass. Equal values get equal codes.
+    """
+    if isinstance(values, torch.Tensor):
+        if values.is_floating_point() or values.is_complex():
+            raise ValueError(f"{name}: identifiers must be integers, strings or hashable objects,"
+                             f" got a {values.dtype} tensor; cast with .long()")
+        uniq, codes = torch.unique(values.reshape(-1), return_inverse=True)
+        return codes.to(torch.int64), int(uniq.numel())
+    arr = np.asarray(values) if not isinstance(values, np.ndarray) else values
+    if arr.dtype.kind in "biu":
+        return factorize(torch.from_numpy(np.ascontiguousarray(arr.astype(np.int64))), name)
+    if arr.dtype.kind in "US":
+        uniq, codes = np.unique(arr.reshape(-1), return_inverse=True)
+        return torch.from_numpy(codes.astype(np.int64)), len(uniq)
+    if arr.dtype.kind == "f":
+        raise ValueError(f"{name}: identifiers must be integers, strings or hashable objects, "
+                         "got floats; pass integer ids")
+    table: dict[Hashable, int] = {}
+    codes_list = [table.setdefault(to_hashable(v), len(table)) for v in values]
+    return torch.tensor(codes_list, dtype=torch.int64), len(table)
+
+
+def _as_tensor(values: Column, name: str, dtype: torch.dtype) -> torch.Tensor:
+    try:
+        t = torch.as_tensor(values) if not isinstance(values, torch.Tensor) else values
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name}: cannot convert to a {dtype} tensor ({err})") from None
+    if dtype == torch.bool:
+        if t.is_floating_point():
+            bad = (t != 0) & (t != 1)
+            if bool(bad.any()):
+                row = int(torch.nonzero(bad)[0, 0])
+                raise ValueError(f"{name}: must be boolean (0/1); row {row} holds {t[row].item()}")
+        return t.detach().cpu().to(torch.bool).reshape(t.shape)
+    if dtype == torch.int64 and t.is_floating_point():
+        bad = t != torch.round(t)
+        if bool(bad.any()):
+            row = int(torch.nonzero(bad)[0, 0])
+            raise ValueError(f"{name}: must hold integers; row {row} holds {t[row].item()}")
+    return t.detach().cpu().to(dtype)
+
+
+@dataclass
+class RolloutBatch:
+    """Per-step columns of a batch of grouped rollouts (one row per agent step).
+
+    Attributes:
+        group_id: rollouts of the same task from the same initial state share a group.
+        traj_id: unique per trajectory (a trajectory lies in exactly one group).
+        step: 0..T-1 within a trajectory, contiguous, each once.
+        reward: the environment reward of that step.
+        state: exact int64 id of the anchor observation before the step (GiGPO, HGPO, GraphGPO).
+        next_state: exact int64 id of the anchor observation after the step (GraphGPO); it shares
+            the id space of ``state``.
+        success: per row, whether the trajectory succeeded (constant within a trajectory);
+            default ``episode return > 0`` as the released GraphGPO code.
+        invalid: the action at that step was invalid (receives ``invalid_penalty``).
+        agent_id: which agent acted (multi-agent systems, Dr. MAS agent-wise normalisation).
+    """
+
+    group_id: Column
+    traj_id: Column
+    step: Column
+    reward: Column
+    state: Column | None = None
+    next_state: Column | None = None
+    success: Column | None = None
+    invalid: Column | None = None
+    agent_id: Column | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return int(_length(self.reward, "reward"))
+
+
+def _length(col: Column, name: str) -> int:
+    shape = getattr(col, "shape", None)
+    if shape is not None:
+        if len(shape) != 1:
+            raise ValueError(f"{name}: columns must be 1-D, got shape {tuple(shape)}")
+        return int(shape[0])
+    try:
+        return len(col)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"{name}: expected a 1-D column (tensor, array or sequence), "
+                         f"got {type(col).__name__}") from None
