@@ -61,17 +61,22 @@ def state_ids(observations: Iterable[Any] | np.ndarray | torch.Tensor,
         if observations.ndim == 0:
             raise ValueError("state_ids: observations must be a sequence, got a 0-d array")
         n = observations.shape[0]
-        if observations.ndim == 1 and observations.dtype.kind in "US":
-            uniq, inverse = np.unique(observations, return_inverse=True)
-            keys: list[Hashable] = [str(u) if observations.dtype.kind == "U" else bytes(u)
-                                    for u in uniq]
-        else:
-            flat = np.ascontiguousarray(observations.reshape(n, -1))
-            uniq, inverse = np.unique(flat, axis=0, return_inverse=True)
-            shape = observations.shape[1:]
-            keys = [(observations.dtype.str, shape, row.tobytes()) if observations.ndim > 1
-                    else row.item() for row in uniq]
-        ids = np.fromiter((vocab.setdefault(k, len(vocab)) for k in keys), np.int64, len(keys))
+        flat = observations if observations.ndim == 1 else np.ascontiguousarray(
+            observations.reshape(n, -1))
+        uniq, first, inverse = np.unique(flat, axis=0 if flat.ndim > 1 else None,
+                                         return_index=True, return_inverse=True)
+        shape = observations.shape[1:]
+
+        def key(row: np.ndarray) -> Hashable:
+            if observations.ndim > 1:
+                return (observations.dtype.str, shape, row.tobytes())
+            return row.item()
+
+        # Register unseen observations in order of first appearance, as the sequence path does.
+        appearance = np.argsort(first, kind="stable")
+        ids = np.empty(len(uniq), dtype=np.int64)
+        for u in appearance:
+            ids[u] = vocab.setdefault(key(uniq[u]), len(vocab))
         return torch.from_numpy(ids[inverse.reshape(-1)])
     out = []
     for i, obs in enumerate(observations):
@@ -94,7 +99,19 @@ def factorize(values: Column, name: str = "column") -> tuple[torch.Tensor, int]:
                              f" got a {values.dtype} tensor; cast with .long()")
         uniq, codes = torch.unique(values.reshape(-1), return_inverse=True)
         return codes.to(torch.int64), int(uniq.numel())
-    arr = np.asarray(values) if not isinstance(values, np.ndarray) else values
+    arr = values if isinstance(values, np.ndarray) else np.fromiter(values, dtype=object)
+    if arr.size == 0:
+        return torch.zeros(0, dtype=torch.int64), 0
+    if arr.dtype == object and arr.ndim == 1:
+        # Python sequences: take the typed fast path only when every value has one plain type
+        # (np.asarray would otherwise turn [1, "1"] into two equal strings).
+        kinds = {type(v) for v in arr.tolist()}
+        if kinds <= {int, bool, np.int64, np.int32}:
+            arr = arr.astype(np.int64)
+        elif kinds == {str}:
+            arr = arr.astype(str)
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: columns must be 1-D, got shape {arr.shape}")
     if arr.dtype.kind in "biu":
         return factorize(torch.from_numpy(np.ascontiguousarray(arr.astype(np.int64))), name)
     if arr.dtype.kind in "US":
@@ -104,7 +121,7 @@ def factorize(values: Column, name: str = "column") -> tuple[torch.Tensor, int]:
         raise ValueError(f"{name}: identifiers must be integers, strings or hashable objects, "
                          "got floats; pass integer ids")
     table: dict[Hashable, int] = {}
-    codes_list = [table.setdefault(to_hashable(v), len(table)) for v in values]
+    codes_list = [table.setdefault(to_hashable(v), len(table)) for v in arr.tolist()]
     return torch.tensor(codes_list, dtype=torch.int64), len(table)
 
 

@@ -1,0 +1,41 @@
+"""The `grouprl advantages` command: built-in example, rollout files, option errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from grouprl.cli import EXAMPLE_ROWS, main
+
+
+def test_builtin_example_matches_spec_values(capsys):
+    assert main(["advantages", "-e", "gigpo", "-o", "compat=reference", "-o",
+                 "mode=mean_std_norm", "--json"]) == 0
+    values = json.loads(capsys.readouterr().out)["gigpo"]
+    expected = [1.2570, 1.4317, 0.7246, -2.3547, -1.9275, -1.2012, 1.3457, 0.7246]
+    assert values == pytest.approx(expected, abs=1e-4)
+
+
+def test_rollout_file_with_text_observations(tmp_path, capsys):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in EXAMPLE_ROWS))
+    assert main(["advantages", str(path), "-e", "graphgpo", "-o", "compat=reference",
+                 "--json"]) == 0
+    values = json.loads(capsys.readouterr().out)["graphgpo"]
+    expected = [0.1472, 1.4317, 0.7246, -1.7785, -1.9275, -1.2012, 1.8793, 0.7246]
+    assert values == pytest.approx(expected, abs=1e-4)
+
+
+def test_bad_option_exits_2_with_message(capsys):
+    assert main(["advantages", "-e", "hgpo", "-o", "alpha=oops"]) == 2
+    assert "alpha: must be a number, got 'oops'" in capsys.readouterr().err
+
+
+def test_column_missing_in_some_rows(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    rows = [dict(r) for r in EXAMPLE_ROWS]
+    del rows[3]["state"]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(ValueError, match="state: missing in row 3"):
+        main(["advantages", str(path)])
