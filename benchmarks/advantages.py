@@ -26,9 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from reference_impl import reference_advantages  # noqa: E402
-
 from grouprl.advantages import RolloutBatch, compute_advantages  # noqa: E402
+from reference_impl import reference_advantages  # noqa: E402
 
 ESTIMATORS = {
     "grpo": {},
@@ -113,10 +112,11 @@ def main() -> None:
         for label, options in ESTIMATORS.items():
             name = label.split(" ")[0]
             repeats = 21 if n < 10_000 else (7 if n < 100_000 else 3)
-            fast = median_seconds(lambda: compute_advantages(name, batch, **options), repeats)
+            fast = median_seconds(
+                lambda n=name, b=batch, o=options: compute_advantages(n, b, **o), repeats)
             if reference_rows is not None:
-                slow = median_seconds(lambda: reference_advantages(name, reference_rows,
-                                                                   **options), 1)
+                slow = median_seconds(
+                    lambda n=name, r=reference_rows, o=options: reference_advantages(n, r, **o), 1)
                 slow_cell, ratio = f"{slow * 1e3:.1f}", f"{slow / fast:.0f}×"
             else:
                 slow_cell, ratio = "–", "–"

@@ -9,8 +9,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grouprl.advantages import (RolloutBatch, available_estimators, broadcast_to_tokens,
-                                compute_advantages, discounted_returns, state_ids)
+from grouprl.advantages import (
+    RolloutBatch,
+    available_estimators,
+    broadcast_to_tokens,
+    compute_advantages,
+    discounted_returns,
+    state_ids,
+)
 
 
 def test_state_ids_strings_share_vocabulary():

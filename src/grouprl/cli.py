@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from grouprl.advantages import (RolloutBatch, available_estimators, compute_advantages,
-                                state_ids)
+from grouprl.advantages import RolloutBatch, available_estimators, compute_advantages, state_ids
 
 # Spec-agentic-credit §4.6: three trajectories of one task (A succeeds via s0→s1→s2, B fails with
 # an invalid action at s1, C succeeds via the shortcut s0→s4).

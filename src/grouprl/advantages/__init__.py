@@ -8,8 +8,12 @@
 
 from grouprl.batch import RolloutBatch, state_ids
 
-from .registry import (available_estimators, compute_advantages, estimator_options,
-                       register_estimator)
+from .registry import (
+                       available_estimators,
+                       compute_advantages,
+                       estimator_options,
+                       register_estimator,
+)
 from .returns import broadcast_to_tokens, discounted_returns
 
 __all__ = ["RolloutBatch", "available_estimators", "broadcast_to_tokens", "compute_advantages",

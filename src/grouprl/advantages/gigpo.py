@@ -81,7 +81,7 @@ def step_group_advantage(rows: Rows, value: torch.Tensor, opts: CommonOptions, m
 
 
 def gigpo(rows: Rows, opts: GiGPOOptions) -> torch.Tensor:
-    """``A = A_E + ω·A_S`` with the penalised discounted return ``R_t − c·invalid_t`` at step level."""
+    """``A = A_E + ω·A_S``, step level on the penalised return ``R_t − c·invalid_t``."""
     returns = step_returns(rows, opts.gamma) - opts.invalid_penalty * rows.invalid   # R_t (Eq. 5)
     a_step = step_group_advantage(rows, returns, opts, opts.mode, "gigpo")          # A_S (Eq. 7)
     a_episode = episode_advantage(rows, opts, opts.mode)                            # A_E (Eq. 3)

@@ -20,8 +20,16 @@ from .gigpo import GiGPOOptions, gigpo
 from .graphgpo import GraphGPOOptions, graphgpo
 from .hgpo import HGPOOptions, hgpo
 from .options import CommonOptions
-from .outcome import (DrGRPOOptions, GRPOOptions, ReinforcePPOptions, RLOOOptions, dr_grpo, grpo,
-                      reinforce_pp, rloo)
+from .outcome import (
+    DrGRPOOptions,
+    GRPOOptions,
+    ReinforcePPOptions,
+    RLOOOptions,
+    dr_grpo,
+    grpo,
+    reinforce_pp,
+    rloo,
+)
 from .rows import Rows, prepare_rows
 
 __all__ = ["Estimator", "available_estimators", "compute_advantages", "register_estimator",
