@@ -58,15 +58,6 @@ def _groups(rows):
     return groups
 
 
-def _position(rows):
-    """Row index -> 0-based position of the row inside its trajectory (time order)."""
-    pos = [0] * len(rows)
-    for idx in _trajectories(rows).values():
-        for p, i in enumerate(idx):
-            pos[i] = p
-    return pos
-
-
 # ----------------------------------------------------------------------------------------------
 # Derived per-row quantities
 # ----------------------------------------------------------------------------------------------
@@ -227,9 +218,11 @@ def _reinforce_pp(rows, *, c, eps, compat, response_length=None):
     b = [0.0] * len(rows)
     for i, r in enumerate(rows):
         sample = samples[r["group_id"]]
-        if len(sample) == 1:
-            b[i] = score[i] if compat == "reference" else 0.0
+        if len(sample) == 1 and compat == "reference":
+            b[i] = score[i]   # singleton mu = 0
             continue
+        # native: mu snapped to the common value when the sample is all equal, so a singleton
+        # group gives b = score_i - ret_tau = -c * invalid_i.
         if compat == "native" and all(x == sample[0] for x in sample):
             mu = sample[0]
         else:
@@ -292,7 +285,6 @@ def _hgpo(rows, *, c, eps, compat, gamma=0.95, history_length=2, alpha=1.0, base
           mode="mean_std_norm", level_offset=1):
     g_ret = slow_discounted_returns(rows, gamma, c)
     trajs = _trajectories(rows)
-    pos = _position(rows)
     max_k = history_length + 1
     # Cluster membership: key (g, k, last k states of the row's own trajectory).
     keys_of_row = [[] for _ in rows]

@@ -17,9 +17,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from reference_impl import reference_advantages, rows_to_columns
 
 from grouprl.advantages import RolloutBatch, available_estimators, compute_advantages
+from reference_impl import reference_advantages, rows_to_columns
 
 ESTIMATORS = ["grpo", "dr_grpo", "rloo", "reinforce_pp", "gigpo", "hgpo", "graphgpo"]
 MODES = ["mean_norm", "mean_std_norm"]

@@ -16,9 +16,9 @@ import random
 
 import pytest
 import torch
-from reference_impl import reference_advantages, rows_to_columns, slow_discounted_returns
 
 from grouprl.advantages import RolloutBatch, compute_advantages
+from reference_impl import reference_advantages, rows_to_columns, slow_discounted_returns
 
 TOL = 1e-4
 C = 0.1
