@@ -103,6 +103,8 @@ def test_float_identifiers_rejected():
 def test_invalid_must_be_boolean():
     with pytest.raises(ValueError, match=r"^invalid: must be boolean \(0/1\); row 2 holds 0.5"):
         compute_advantages("grpo", batch(invalid=[0.0, 1.0, 0.5, 0.0]))
+    with pytest.raises(ValueError, match=r"^success: must be boolean \(0/1\); row 3 holds 2"):
+        compute_advantages("graphgpo", batch(success=[1, 1, 0, 2]))
 
 
 def test_unknown_estimator_and_options():

@@ -131,7 +131,7 @@ def _as_tensor(values: Column, name: str, dtype: torch.dtype) -> torch.Tensor:
     except (TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"{name}: cannot convert to a {dtype} tensor ({err})") from None
     if dtype == torch.bool:
-        if t.is_floating_point():
+        if t.dtype != torch.bool:
             bad = (t != 0) & (t != 1)
             if bool(bad.any()):
                 row = int(torch.nonzero(bad)[0, 0])
