@@ -25,6 +25,7 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/advantages.py
+	$(BIN)/python benchmarks/losses.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
