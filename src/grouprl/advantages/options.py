@@ -11,16 +11,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CommonOptions", "check_choice", "check_range"]
+from grouprl.validation import check_choice
+
+__all__ = ["CommonOptions", "check_choice", "check_range"]  # check_choice re-exported
 
 MODES = ("mean_norm", "mean_std_norm")
 COMPATS = ("native", "reference")
-
-
-def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}: got {value!r}; accepted values are "
-                         + ", ".join(repr(c) for c in choices))
 
 
 def check_range(name: str, value: Any, low: float | None = None, high: float | None = None, *,

@@ -30,19 +30,14 @@ from numbers import Real
 
 import torch
 
+from grouprl.validation import check_choice
+
 __all__ = ["AGG_MODES", "COMPATS", "aggregate", "normalizer_counts", "check_choice", "bool_mask"]
 
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 COMPATS = ("native", "verl", "trl")
 
 Count = int | float | torch.Tensor
-
-
-def check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
-    """Raise ``ValueError`` naming the option and the accepted values if ``value`` is not one."""
-    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
-        raise ValueError(f"{name}: got {value!r}; accepted values are "
-                         + ", ".join(repr(c) for c in choices))
 
 
 def bool_mask(mask: torch.Tensor) -> torch.Tensor:

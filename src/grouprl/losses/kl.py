@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import torch
 
+from grouprl.validation import canonical_name
+
 from .logprobs import _run
 
 __all__ = ["KL_KINDS", "KL_ALIASES", "COMPATS", "canonical_kl_kind", "kl_penalty",
@@ -49,13 +51,7 @@ K3_VALUE_CLAMP = 10.0  # verl: clamp(k3, −10, 10)
 
 def canonical_kl_kind(kind: str) -> str:
     """Map a kind or verl alias to one of ``KL_KINDS``; ValueError names the accepted values."""
-    if isinstance(kind, str):
-        key = kind.strip().lower()
-        key = KL_ALIASES.get(key, key)
-        if key in KL_KINDS:
-            return key
-    accepted = ", ".join(repr(k) for k in (*KL_KINDS, *KL_ALIASES))
-    raise ValueError(f"kind: unknown KL estimator {kind!r}; accepted: {accepted}")
+    return canonical_name("kind", "KL estimator", kind, KL_KINDS, KL_ALIASES)
 
 
 def _base_value(kind: str, logp: torch.Tensor, ref_logp: torch.Tensor, clamp: bool

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from grouprl.validation import canonical_name
+
 __all__ = ["PREFERENCE_LOSSES", "PREFERENCE_ALIASES", "canonical_preference_loss",
            "preference_loss", "log1mexp"]
 
@@ -69,13 +71,8 @@ _SIMPO_GAMMA_BETA_RATIO = 0.25
 
 def canonical_preference_loss(name: str) -> str:
     """Map a loss name or alias to a key of ``PREFERENCE_LOSSES``; ValueError otherwise."""
-    if isinstance(name, str):
-        key = name.strip().lower()
-        key = PREFERENCE_ALIASES.get(key, key)
-        if key in PREFERENCE_LOSSES:
-            return key
-    accepted = ", ".join(repr(k) for k in (*PREFERENCE_LOSSES, *PREFERENCE_ALIASES))
-    raise ValueError(f"name: unknown preference loss {name!r}; accepted: {accepted}")
+    return canonical_name("name", "preference loss", name, tuple(PREFERENCE_LOSSES),
+                          PREFERENCE_ALIASES)
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
