@@ -191,12 +191,10 @@ def spawn(job: dict) -> dict | None:
     return result
 
 
-def has_logprobs() -> bool:
-    try:
-        import grouprl.losses.logprobs  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def ratio_row(cells: list[str], res: dict, base: dict, ms_fmt: str, mib_fmt: str) -> str:
+    """A table row: the label cells, then time and peak memory with their ratios to ``base``."""
+    return ("| " + " | ".join(cells) + f" | {res['ms']:{ms_fmt}} | {res['ms'] / base['ms']:.2f} | "
+            f"{res['peak_mib']:{mib_fmt}} | {res['peak_mib'] / max(base['peak_mib'], 1e-9):.2f} |")
 
 
 def main() -> None:
@@ -237,9 +235,7 @@ def main() -> None:
                 methods.add(res["mem_method"])
                 threads = res["threads"]
                 base = base or res
-                line = (f"| {label} | {n} × {t} | {res['ms']:.2f} | "
-                        f"{res['ms'] / base['ms']:.2f} | {res['peak_mib']:.1f} | "
-                        f"{res['peak_mib'] / max(base['peak_mib'], 1e-9):.2f} |")
+                line = ratio_row([label, f"{n} × {t}"], res, base, ".2f", ".1f")
             lines.append(line)
             print(line, flush=True)
     policy_table = "\n".join(lines)
@@ -253,18 +249,13 @@ def main() -> None:
     for dtype in ("bfloat16", "float32"):
         base = None
         for method in ("naive log_softmax(float)", "token_logprobs"):
-            if method == "token_logprobs" and not has_logprobs():
-                print("  token_logprobs: grouprl.losses.logprobs missing, row skipped")
-                continue
             res = spawn({"kind": "logprobs", "method": method, "dtype": dtype, "n": n, "t": t,
                          "v": v, "repeats": max(3, repeats // 3), "device": args.device})
             if res is None:
                 continue
             methods.add(res["mem_method"])
             base = base or res
-            line = (f"| {method} | {dtype} | {n} × {t} × {v} | {res['ms']:.1f} | "
-                    f"{res['ms'] / base['ms']:.2f} | {res['peak_mib']:.0f} | "
-                    f"{res['peak_mib'] / max(base['peak_mib'], 1e-9):.2f} |")
+            line = ratio_row([method, dtype, f"{n} × {t} × {v}"], res, base, ".1f", ".0f")
             lines.append(line)
             print(line, flush=True)
     logprob_table = "\n".join(lines)

@@ -25,18 +25,6 @@ TOKEN_LOSSES = ["ppo", "dual_clip", "two_sided", "cispo", "sapo"]
 SEQ_LOSSES = ["gspo", "gspo_token", "luspo"]
 
 
-def has_kpo() -> bool:
-    try:
-        import grouprl.losses.kpo  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def kpo_names() -> list:
-    return [pytest.param("kpo", marks=pytest.mark.skipif(not has_kpo(), reason="no kpo module"))]
-
-
 # ----------------------------------------------------------------------------------------------
 # Independent reference: plain Python floats, one token at a time
 # ----------------------------------------------------------------------------------------------
@@ -294,7 +282,7 @@ ON_POLICY = TOKEN_LOSSES + ["vanilla"] + SEQ_LOSSES
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("agg", AGG_MODES)
-@pytest.mark.parametrize("name", ON_POLICY + kpo_names())
+@pytest.mark.parametrize("name", ON_POLICY + ["kpo"])
 def test_on_policy_gradient_is_minus_adv_times_weight(name, agg, seed):
     """At ℓ^old = sg(ℓ^θ) every loss has ∂L/∂ℓ_{i,t} = −Â_{i,t}·w_{i,t} (§9.8).
 
@@ -394,7 +382,7 @@ def splits(draw):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(splits(), st.sampled_from(ALL + (["kpo"] if has_kpo() else [])),
+@given(splits(), st.sampled_from(ALL + ["kpo"]),
        st.sampled_from(AGG_MODES), st.sampled_from(["native", "trl"]), st.booleans())
 def test_micro_batch_invariance(split, name, agg, compat, with_rollout):
     """Σ micro-batch losses with the mini-batch's global counts = the single-batch loss (§2.2)."""
@@ -422,7 +410,7 @@ def test_micro_batch_invariance(split, name, agg, compat, with_rollout):
 
 
 @pytest.mark.parametrize("agg", AGG_MODES)
-@pytest.mark.parametrize("name", ALL + ["vanilla"] + kpo_names())
+@pytest.mark.parametrize("name", ALL + ["vanilla"] + ["kpo"])
 def test_nan_inf_in_masked_positions_change_nothing(name, agg):
     logp, old, adv, _, mask = random_batch(5, scale=0.4)
     roll = old - 0.1
@@ -586,7 +574,7 @@ def test_rollout_is_batch_normalize():
 EVERY = ALL + ["vanilla"]
 
 
-@pytest.mark.parametrize("name", EVERY + kpo_names())
+@pytest.mark.parametrize("name", EVERY + ["kpo"])
 @pytest.mark.parametrize("agg", AGG_MODES)
 @pytest.mark.parametrize("compat", ["native", "verl", "trl"])
 def test_fully_masked_micro_batch_is_zero_with_zero_grad(name, agg, compat):
@@ -600,7 +588,7 @@ def test_fully_masked_micro_batch_is_zero_with_zero_grad(name, agg, compat):
     assert all(math.isfinite(v) for v in m.values()) and m["n_tokens"] == 0
 
 
-@pytest.mark.parametrize("name", EVERY + kpo_names())
+@pytest.mark.parametrize("name", EVERY + ["kpo"])
 @pytest.mark.parametrize("agg", AGG_MODES)
 def test_empty_row_changes_nothing_in_native(name, agg):
     logp, old, adv, _, mask = random_batch(7, scale=0.3)
@@ -635,7 +623,7 @@ def test_single_token_rows_gspo_equals_ppo():
     torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-14, atol=0)
 
 
-@pytest.mark.parametrize("name", EVERY + kpo_names())
+@pytest.mark.parametrize("name", EVERY + ["kpo"])
 def test_zero_advantages_give_zero_loss_and_gradient(name):
     logp, old, _, _, mask = random_batch(2)
     lp = logp.clone().requires_grad_()
@@ -644,7 +632,7 @@ def test_zero_advantages_give_zero_loss_and_gradient(name):
     assert loss.item() == 0.0 and (lp.grad == 0).all()
 
 
-@pytest.mark.parametrize("name", EVERY + kpo_names())
+@pytest.mark.parametrize("name", EVERY + ["kpo"])
 @pytest.mark.parametrize("size", [50.0, 1000.0])
 def test_huge_log_ratios_stay_finite(name, size):
     """|δ| = 50 or 1000 in fp32: native clamps δ to ±20 before exp (§1.4)."""
@@ -675,7 +663,7 @@ def test_trl_compat_has_no_clamp_so_ratio_can_be_infinite():
     assert capped.item() == 3.0
 
 
-@pytest.mark.parametrize("name", EVERY + kpo_names())
+@pytest.mark.parametrize("name", EVERY + ["kpo"])
 def test_bf16_inputs_are_upcast(name):
     logp, old, adv, _, mask = random_batch(4, scale=0.3, dtype=torch.float32)
     lp16 = logp.to(torch.bfloat16).requires_grad_()
@@ -781,7 +769,9 @@ def test_native_refuses_token_level_gspo_epsilon():
 
 @pytest.fixture
 def kpo_module():
-    return pytest.importorskip("grouprl.losses.kpo")
+    import grouprl.losses.kpo
+
+    return grouprl.losses.kpo
 
 
 KPO_MASK = [[1, 1, 0, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 0, 0]]   # holes, left padding
@@ -921,7 +911,7 @@ def test_integer_advantages_raise():
 
 
 @pytest.mark.parametrize("shape", [(0, 5), (3, 0), (0, 0)])
-@pytest.mark.parametrize("name", EVERY + kpo_names())
+@pytest.mark.parametrize("name", EVERY + ["kpo"])
 def test_empty_shapes(name, shape):
     logp = torch.zeros(shape, requires_grad=True)
     loss, m = policy_loss(name, logp, logp.detach(), torch.zeros(shape[0]), torch.ones(shape))

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .aggregate import AGG_MODES, COMPATS, aggregate, bool_mask, check_choice
+from .kpo import kalman_filter_log_ratio
 from .ratios import (
     LOG_RATIO_CLAMP,
     compute_dtype,
@@ -222,8 +223,6 @@ def _kpo(b: _Batch, o: dict[str, Any]) -> _Shaped:
     sources); x0=0, P0=1, domain="log" and grad="through_filter" are the spec's provisional
     choices.
     """
-    from .kpo import kalman_filter_log_ratio  # lazy: optional module
-
     x_hat = kalman_filter_log_ratio(b.delta, b.mask.to(b.delta.dtype), Q=o["Q"], V=o["V"],
                                     P0=o["P0"], x0=o["x0"], domain=o["domain"], grad=o["grad"],
                                     method=o["method"], chunk_size=o["chunk_size"],
