@@ -106,6 +106,10 @@ class RolloutConfig:
     generation_batch_size: int | None = _opt(None, low=1)
     dynamic_sampling: bool = _opt(False, doc="drop groups whose episode returns are all equal")
     max_sample_batches: int = _opt(10, low=1, doc="dynamic sampling: rollout tries per iteration")
+    oversampling: dict | None = _opt(None, doc="DOT predictive oversampling with dynamic "
+                                     "sampling: {window: 20, init: 1.5, min: 1.2, max: 5.0}")
+    dot_truncation: dict | None = _opt(None, doc="DOT outlier truncation of all-correct groups "
+                                       "(single-turn): {alpha: 3.0, margin: 32}")
 
 
 @dataclass
@@ -122,6 +126,45 @@ class AlgorithmConfig:
     ppo_epochs: int = _opt(1, low=1)
     num_mini_batches: int = _opt(2, low=1, doc="optimizer steps per epoch")
     micro_batch_size: int = _opt(64, low=1, doc="rows per forward/backward")
+
+
+@dataclass
+class RewardConfig:
+    """Reward shaping of single-turn (reasoning) rollouts, applied after the verifier."""
+
+    shaping: str | None = _opt(None, doc="kimi, grpo_lambda, dler, hapo, laser, laser_d, "
+                               "laser_de, overlong (null = the verifier's 0/1 reward)")
+    options: dict = _opt({}, doc="options of the shaper (e.g. grpo_lambda: {alpha: 0.2})")
+    format_weight: float = _opt(0.0, low=0.0, doc="weight of the format reward added to the "
+                                "correctness reward")
+    format_style: str = _opt("r1_zero", choices=("r1_zero", "tag_count"))
+
+
+@dataclass
+class PreferenceConfig:
+    """Offline pairwise preference training (``mode: preference``; spec-losses §6)."""
+
+    dataset: str = _opt("builtin:arithmetic_pairs", doc="builtin:arithmetic_pairs, a .jsonl or "
+                        ".parquet file of {prompt, chosen, rejected}, or hf:NAME (cached)")
+    eval_dataset: str | None = _opt(None, doc="held-out pairs; null = the dataset's test split "
+                                    "(builtin) or the last eval_fraction of the file")
+    eval_fraction: float = _opt(0.1, low=0.0, high=0.9)
+    split: str = _opt("train")
+    limit: int | None = _opt(None, low=1, doc="use at most this many training pairs")
+    prompt_field: str = _opt("prompt")
+    chosen_field: str = _opt("chosen")
+    rejected_field: str = _opt("rejected")
+    loss: str = _opt("dpo", doc="dpo, cdpo, robust, ipo, simpo, orpo, hypo")
+    loss_options: dict = _opt({}, doc="options of the loss (beta, label_smoothing, gamma, ...)")
+    epochs: int = _opt(3, low=1)
+    batch_size: int = _opt(32, low=1, doc="pairs per optimizer step")
+    micro_batch_size: int = _opt(16, low=1, doc="pairs per forward/backward")
+    max_length: int | None = _opt(None, low=8, doc="truncate prompt + response to this many "
+                                  "tokens (prompt kept from the left)")
+    sft_epochs: int = _opt(1, low=0, doc="tiny model only: fine-tune on the chosen responses "
+                           "first; the result is the reference model")
+    eval_every: int = _opt(50, low=0, doc="evaluate every n optimizer steps (0 = only at the "
+                           "end)")
 
 
 @dataclass
@@ -154,6 +197,7 @@ class EvalConfig:
     temperature: float = _opt(1.0, low=0.0, doc="0 = greedy; 1.0 = the rollout policy itself "
                               "(verl-agent validates at 0.4)")
     every: int = _opt(20, low=0, doc="evaluate every n iterations (0 = only before/after)")
+    env_kwargs: dict = _opt({}, doc="env.kwargs overrides for evaluation (e.g. {split: test})")
 
 
 @dataclass
@@ -166,6 +210,8 @@ class LoggingConfig:
 
 @dataclass
 class TrainConfig:
+    mode: str = _opt("rl", choices=("rl", "preference"),
+                     doc="rl: rollouts + group advantages; preference: offline pairs")
     seed: int = _opt(0)
     run_dir: str = _opt("runs/default")
     iterations: int = _opt(60, low=0, doc="RL iterations")
@@ -177,6 +223,8 @@ class TrainConfig:
     agent: AgentConfig = field(default_factory=AgentConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     bc: BCConfig = field(default_factory=BCConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
