@@ -137,7 +137,9 @@ OPTIONS = {"grpo": [{}, {"by_agent": True}, {"compat": "reference"}], "dr_grpo":
 
 
 def test_options_table_covers_every_estimator():
-    assert set(OPTIONS) == set(available_estimators())
+    # canon is left out: its per-row metric breaks ties by input-row order (as the released
+    # code's stable sort), so a row permutation may legitimately change its result.
+    assert set(OPTIONS) | {"canon"} == set(available_estimators())
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -21,6 +21,8 @@ def batch(**overrides):
 def test_valid_batch_runs_with_every_estimator():
     for name in available_estimators():
         opts = {"by_agent": False} if name in ("grpo", "dr_grpo") else {}
+        if name == "canon":  # CANON needs its per-row metric (response length or entropy)
+            opts = {"metric": torch.tensor([3.0, 1.0, 2.0, 4.0])}
         out = compute_advantages(name, batch(), **opts)
         assert out.dtype == torch.float32 and out.shape == (4,)
         assert bool(torch.isfinite(out).all())
@@ -143,4 +145,6 @@ def test_empty_batch_gives_empty_result():
     empty = RolloutBatch(group_id=[], traj_id=[], step=[], reward=[], state=[], next_state=[])
     for name in available_estimators():
         opts = {"by_agent": False} if name in ("grpo", "dr_grpo") else {}
+        if name == "canon":
+            opts = {"metric": torch.zeros(0)}
         assert compute_advantages(name, empty, **opts).shape == (0,)

@@ -62,6 +62,9 @@ def rows_to_batch(rows: list[dict[str, Any]]) -> RolloutBatch:
         success=column("success"), invalid=column("invalid"), agent_id=column("agent_id"))
 
 
+ROW_OPTION_ESTIMATORS = ("canon",)
+
+
 def _parse_option(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise SystemExit(f"--option: expected key=value, got {text!r}")
@@ -83,7 +86,8 @@ def _advantages(args: argparse.Namespace) -> int:
               file=sys.stderr if args.json else sys.stdout)
     batch = rows_to_batch(rows)
     options = dict(_parse_option(o) for o in args.option)
-    names = args.estimator or list(available_estimators())
+    # estimators that need per-row tensors (canon's metric) only run when named with -e
+    names = args.estimator or [n for n in available_estimators() if n not in ROW_OPTION_ESTIMATORS]
     try:
         results = {n: compute_advantages(n, batch, **options).tolist() for n in names}
     except ValueError as err:
@@ -143,6 +147,7 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from grouprl.train import ConfigError, load_run_config, load_trained_policy
     from grouprl.train.evaluate import evaluate_policy
+    from grouprl.train.trainer import raw_action
 
     try:
         cfg = load_run_config(args.run_dir, args.overrides)  # eval.*, env.* … overrides
@@ -152,11 +157,13 @@ def _eval(args: argparse.Namespace) -> int:
         return 2
     ev, ro = cfg.eval, cfg.rollout
     metrics, _ = evaluate_policy(
-        model, tok, env_name=cfg.env.name, env_kwargs=cfg.env.kwargs, template=template,
+        model, tok, env_name=cfg.env.name, env_kwargs={**cfg.env.kwargs, **ev.env_kwargs},
+        template=template,
         episodes=ev.episodes, seed_offset=ev.seed_offset, max_steps=cfg.env.max_steps,
         history_length=cfg.agent.history_length, temperature=ev.temperature,
         max_new_tokens=ro.max_new_tokens, stop=tuple(ro.stop), seed=cfg.seed,
         action_tag=cfg.agent.action_tag, allow_plain=cfg.agent.allow_plain,
+        raw_action=raw_action(cfg),
         use_chat_template=cfg.agent.use_chat_template, backend=cfg.env.backend,
         step_timeout=cfg.env.step_timeout, num_workers=cfg.env.num_workers)
     print(json.dumps({"iteration": iteration, **metrics}))

@@ -103,13 +103,17 @@ def test_text_game_templates(name: str) -> None:
 
 def test_every_builtin_renders_every_case() -> None:
     assert set(TEMPLATES) == {"sokoban", "sokoban_compact", "textworld_express", "scienceworld",
-                              "default"}
+                              "default", "reasoning"}
     for name, t in TEMPLATES.items():
         assert t.name == name and get_template(name) is t
         for adm in (None, ["a"]):
             for hist in (dict(), dict(history="", num_history=0, step=0)):
                 text = render(t, admissible_actions=adm, **hist)
-                assert GRID in text and "<action>" in text and "{" not in text
+                assert GRID in text and "{" not in text
+                # agent templates ask for a tagged action; the reasoning prompt is the question
+                assert ("<action>" in text) == (name != "reasoning")
+                if name == "reasoning":
+                    assert text == GRID
 
 
 def test_render_from_memory_uses_window_and_counts() -> None:

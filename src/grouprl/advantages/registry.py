@@ -16,6 +16,7 @@ import torch
 
 from grouprl.batch import RolloutBatch
 
+from .canon import CANONOptions, canon
 from .gigpo import GiGPOOptions, gigpo
 from .graphgpo import GraphGPOOptions, graphgpo
 from .hgpo import HGPOOptions, hgpo
@@ -61,6 +62,8 @@ register_estimator("dr_grpo", dr_grpo, DrGRPOOptions, (), "s − mean_g")
 register_estimator("rloo", rloo, RLOOOptions, (), "n/(n−1) · (s − mean_g)")
 register_estimator("reinforce_pp", reinforce_pp, ReinforcePPOptions, (),
                    "whiten_batch(s − mean_g)")
+register_estimator("canon", canon, CANONOptions, (),
+                   "[μ_w·inter + (1 − μ_w)·intra] / L_max over metric halves")
 register_estimator("gigpo", gigpo, GiGPOOptions, ("state",), "A_E + ω · A_S(anchor state)")
 register_estimator("hgpo", hgpo, HGPOOptions, ("state",),
                    "Σ_k w_k a_k / Σ_k w_k over context groups of depth k ≤ K")

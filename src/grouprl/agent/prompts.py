@@ -217,6 +217,9 @@ TEMPLATES: dict[str, PromptTemplate] = {
         "default",
         *_text_game("You are an agent acting in a text environment."),
     ),
+    # single-turn reasoning (grouprl.envs.reasoning): the bare question; no history exists
+    "reasoning": PromptTemplate("reasoning", no_history="{observation}",
+                                with_history="{observation}"),
 }
 
 

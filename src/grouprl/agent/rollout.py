@@ -51,6 +51,8 @@ class Rollout:
     episode_group: torch.Tensor    # (E,) group id of each kept episode
     responses: list[str] = field(default_factory=list)  # decoded reply of each row
     metrics: dict[str, float] = field(default_factory=dict)
+    truncated: torch.Tensor | None = None  # (N,) bool: the generation hit max_new_tokens
+    extras: list[dict | None] = field(default_factory=list)  # env step info["extra"] per row
 
     def __len__(self) -> int:
         return int(self.prompt_ids.shape[0])
@@ -68,6 +70,16 @@ def render_prompt(template: PromptTemplate, memory: HistoryMemory, env_index: in
     return text
 
 
+class _RawAction:
+    """A reply passed to the env as is (``raw_action``): always valid, the text is the action."""
+
+    __slots__ = ("action",)
+    valid = True
+
+    def __init__(self, text: str) -> None:
+        self.action = text
+
+
 def _pad_cat(parts: list[torch.Tensor], width: int, value: float, left: bool) -> torch.Tensor:
     padded = [F.pad(p, (width - p.shape[1], 0) if left else (0, width - p.shape[1]), value=value)
               for p in parts]
@@ -80,7 +92,8 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
                      allow_plain: bool = False, tokenizer: Any = None,
                      use_chat_template: bool = True, pad_token_id: int = 0,
                      group_offset: int = 0, traj_offset: int = 0,
-                     vocabulary: dict[Hashable, int] | None = None) -> Rollout:
+                     vocabulary: dict[Hashable, int] | None = None,
+                     raw_action: bool = False) -> Rollout:
     """Roll out ``len(task_seeds)`` groups of ``group_size`` episodes on ``pool``.
 
     Args:
@@ -92,6 +105,8 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
         group_offset, traj_offset: added to group/trajectory ids (distinct ids across the
             repeated rollouts of dynamic sampling).
         vocabulary: anchor → state id table shared across calls (exact ids, spec §1.2).
+        raw_action: give the env the whole reply, unparsed (single-turn reasoning: the verifier
+            extracts the answer itself); truncated replies are still passed as "".
     """
     num_envs = len(task_seeds) * group_size
     if pool.num_envs != num_envs:
@@ -114,6 +129,8 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
     rec_next: list[Hashable] = []
     rec_invalid: list[bool] = []
     rec_text: list[str] = []
+    rec_truncated: list[bool] = []
+    rec_extra: list[dict | None] = []
     prompt_parts: list[torch.Tensor] = []
     prompt_mask_parts: list[torch.Tensor] = []
     resp_parts: list[torch.Tensor] = []
@@ -130,7 +147,8 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
                                  use_chat_template=use_chat_template)
                    for i in active]
         gen = generate_fn(prompts)
-        parsed = [parse_action(text, tag=action_tag, allow_plain=allow_plain)
+        parsed = [_RawAction(text) if raw_action else
+                  parse_action(text, tag=action_tag, allow_plain=allow_plain)
                   for text in gen.texts]
         truncated = gen.truncated.cpu().tolist()
         truncated_generations += sum(truncated)
@@ -146,6 +164,8 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
             rec_step.append(t)
             rec_state.append(anchor[i])
             rec_text.append(gen.texts[j])
+            rec_truncated.append(bool(truncated[j]))
+            rec_extra.append(None if res.failed else res.extra)
             rec_invalid.append(bool(truncated[j] or not parsed[j].valid or not res.valid))
             if res.failed:
                 failed[i] = done[i] = True
@@ -211,7 +231,9 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
                    response_ids=response_ids, response_mask=response_mask, logprobs=logprobs,
                    episode_return=ep_return, episode_length=ep_length, episode_won=ep_won,
                    episode_group=kept_t // group_size + group_offset,
-                   responses=[rec_text[k] for k in idx], metrics=metrics)
+                   responses=[rec_text[k] for k in idx], metrics=metrics,
+                   truncated=torch.tensor(rec_truncated, dtype=torch.bool)[order],
+                   extras=[rec_extra[k] for k in idx])
 
 
 def _episode_metrics(ret: torch.Tensor, length: torch.Tensor, won: torch.Tensor,
@@ -253,7 +275,17 @@ def concat_rollouts(parts: Sequence[Rollout], pad_token_id: int = 0) -> Rollout:
         logprobs=_pad_cat([r.logprobs for r in parts], r_width, 0.0, False),
         episode_return=ret, episode_length=length, episode_won=won,
         episode_group=torch.cat([r.episode_group for r in parts]),
-        responses=[s for r in parts for s in r.responses], metrics=metrics)
+        responses=[s for r in parts for s in r.responses], metrics=metrics,
+        truncated=torch.cat([_truncated(r) for r in parts]),
+        extras=[e for r in parts for e in _extras(r)])
+
+
+def _truncated(r: Rollout) -> torch.Tensor:
+    return r.truncated if r.truncated is not None else torch.zeros(len(r), dtype=torch.bool)
+
+
+def _extras(r: Rollout) -> list[dict | None]:
+    return r.extras if len(r.extras) == len(r) else [None] * len(r)
 
 
 def select_groups(rollout: Rollout, groups: torch.Tensor, pad_token_id: int = 0) -> Rollout:
@@ -276,7 +308,9 @@ def select_groups(rollout: Rollout, groups: torch.Tensor, pad_token_id: int = 0)
                   episode_return=rollout.episode_return[eps],
                   episode_length=rollout.episode_length[eps],
                   episode_won=rollout.episode_won[eps], episode_group=rollout.episode_group[eps],
-                  responses=[rollout.responses[k] for k in idx], metrics=dict(rollout.metrics))
+                  responses=[rollout.responses[k] for k in idx], metrics=dict(rollout.metrics),
+                  truncated=_truncated(rollout)[rows],
+                  extras=[_extras(rollout)[k] for k in idx])
     out.metrics.update(_episode_metrics(out.episode_return, out.episode_length, out.episode_won,
                                         torch.as_tensor(batch.invalid)))
     return out

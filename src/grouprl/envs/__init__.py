@@ -3,8 +3,9 @@
 * :class:`TextEnv` (``base.py``): the reset/step protocol every env implements.
 * :func:`make_env` / :func:`register_env` / :func:`available_envs` (``registry.py``): envs by
   name or by ``"package.module:Attr"`` import string.  Built in: ``"sokoban"``
-  (:class:`SokobanEnv`), and, imported only when made (optional packages), ``"textworld_express"``
-  and ``"scienceworld"``.
+  (:class:`SokobanEnv`), ``"reasoning"`` (single-turn prompt → answer → verifier reward,
+  :mod:`grouprl.envs.reasoning`), and, imported only when made (optional packages),
+  ``"textworld_express"`` and ``"scienceworld"``.
 * :class:`EnvPool` (``pool.py``): steps a batch of envs serially, in threads or in worker
   processes, with step limits, timeouts and restart of failed envs.
 """
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 register_env("sokoban", SokobanEnv)
+register_env("reasoning", LazyFactory("grouprl.envs.reasoning", "ReasoningEnv"))
 register_env("textworld_express",
              LazyFactory("grouprl.envs.textworld_express", "TextWorldExpressEnv"))
 register_env("scienceworld", LazyFactory("grouprl.envs.scienceworld", "ScienceWorldEnv"))

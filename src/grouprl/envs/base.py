@@ -9,7 +9,8 @@ An environment is a plain Python object with gym-like ``reset``/``step`` on text
   ``admissible_actions`` (a list of strings, or ``None`` when the env has no such list).
 * ``step(action) -> (observation, reward, done, info)``: ``info`` holds ``won`` (the episode is
   solved), ``valid`` (the action was understood by the env; an invalid action still costs a step),
-  ``anchor`` and ``admissible_actions`` of the new observation.
+  ``anchor`` and ``admissible_actions`` of the new observation, and optionally ``extra``: a
+  small picklable dict the pool forwards unchanged to the rollout (e.g. a verifier's verdict).
 * ``close()`` releases resources (subprocesses, JVMs).
 
 Environments are made by name through :func:`grouprl.envs.make_env` so that a process pool can
@@ -24,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 __all__ = ["TextEnv", "RESET_INFO_KEYS", "STEP_INFO_KEYS", "anchor_of"]
 
 RESET_INFO_KEYS = ("task", "anchor", "admissible_actions")
-STEP_INFO_KEYS = ("won", "valid", "anchor", "admissible_actions")
+STEP_INFO_KEYS = ("won", "valid", "anchor", "admissible_actions", "extra")
 
 
 @runtime_checkable

@@ -84,6 +84,7 @@ class StepResult:
     truncated: bool = False
     failed: bool = False
     error: str | None = None
+    extra: dict | None = None
 
 
 class _Outcome(NamedTuple):
@@ -600,7 +601,8 @@ class EnvPool:
         actions = info.get("admissible_actions")
         result = StepResult(obs, float(reward), bool(done), bool(info.get("won", False)),
                             bool(info.get("valid", True)), anchor_of(info, obs),
-                            None if actions is None else list(actions))
+                            None if actions is None else list(actions),
+                            extra=info.get("extra"))
         self._steps[i] += 1
         if not result.done and self.max_steps is not None and self._steps[i] >= self.max_steps:
             result.done = result.truncated = True

@@ -4,10 +4,10 @@
 an environment, so that an env is fully described by ``(name, kwargs)``.
 
 Names are either registered names (``available_envs()``; built in: ``"sokoban"``,
-``"textworld_express"``, ``"scienceworld"``) or *import strings* ``"package.module:Attr"`` naming
-any callable (usually a class) that returns an env, e.g. ``make_env("my_pkg.envs:MazeEnv",
-size=5)``.  Import strings need no registration, which is the simplest way to use one's own env
-with a process pool: the worker imports the module itself.
+``"reasoning"``, ``"textworld_express"``, ``"scienceworld"``) or *import strings*
+``"package.module:Attr"`` naming any callable (usually a class) that returns an env, e.g.
+``make_env("my_pkg.envs:MazeEnv", size=5)``.  Import strings need no registration, which is
+the simplest way to use one's own env with a process pool: the worker imports the module itself.
 
 Optional environments are registered through :class:`LazyFactory`, which imports its module only
 when called, so a missing optional package breaks ``make_env`` for that name alone.

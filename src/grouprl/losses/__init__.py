@@ -6,6 +6,7 @@
 """
 
 from .aggregate import AGG_MODES, aggregate, normalizer_counts
+from .drpo import SEQUENCE_LOSSES, drpo_loss, drpo_options, drpo_weights
 from .kl import entropy_from_logits, kl_penalty
 from .kpo import kalman_filter_log_ratio
 from .logprobs import token_logprobs
@@ -13,6 +14,6 @@ from .policy import available_policy_losses, policy_loss, policy_loss_options
 from .preference import preference_loss
 
 __all__ = ["AGG_MODES", "aggregate", "available_policy_losses", "policy_loss_options",
-           "entropy_from_logits",
+           "drpo_loss", "drpo_options", "drpo_weights", "SEQUENCE_LOSSES", "entropy_from_logits",
            "kalman_filter_log_ratio", "kl_penalty", "normalizer_counts", "policy_loss",
            "preference_loss", "token_logprobs"]

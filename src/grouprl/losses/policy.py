@@ -25,6 +25,7 @@ luspo          gspo values                                          seq-mean-tok
 cispo          ``−sg(clip(r))·Â·ℓ^θ``                               token-mean
 sapo           ``−(4/τ)σ(τ(r−1))·Â``                                seq-mean-token-mean
 kpo            ppo (or ``−r̃Â``) on the Kalman-filtered ratio r̃       token-mean
+kl_cov         ``−rÂ`` + ``k·|δ|`` on the top-covariance tokens       seq-mean-token-mean
 =============  ===================================================  =====================
 """
 
@@ -51,7 +52,7 @@ from .ratios import (
 )
 
 __all__ = ["policy_loss", "available_policy_losses", "ppo_clip", "cispo_surrogate",
-           "sapo_surrogate", "METRIC_NAMES"]
+           "sapo_surrogate", "kl_cov_mask", "METRIC_NAMES"]
 
 _UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<default>"})()
 GSPO_CLAMP_VERL = 10.0      # verl ``compute_policy_loss_gspo`` clamps log s_{i,t} at max 10 (§3.2)
@@ -100,6 +101,30 @@ def sapo_surrogate(ratio: torch.Tensor, adv: torch.Tensor, tau_pos: float,
     """
     tau = torch.where(adv > 0, ratio.new_tensor(tau_pos), ratio.new_tensor(tau_neg))  # τ_{i,t}
     return -(4.0 / tau) * torch.sigmoid(tau * (ratio - 1.0)) * adv           # −f_τ(r)·Â
+
+
+@torch.no_grad()
+def kl_cov_mask(adv: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor,
+                ratio: float) -> torch.Tensor:
+    """KL-Cov token selection (Cui et al. 2025, arXiv 2505.22617; verl ``kl_cov``): bool (N, T).
+
+    Ranks the valid tokens of the call by the detached covariance term
+    ``(Â_{i,t} − mean Â)·(ℓ^θ_{i,t} − mean ℓ^θ)`` (both means over the valid tokens) and marks the
+    ``k = max(int(n_valid·ratio), 1)`` largest; nothing when ``ratio == 0`` or no token is valid.
+    Every valid token is eligible (no bounds, unlike Clip-Cov). Ties are broken by
+    ``torch.topk`` (unspecified order, as in verl).
+    """
+    m = bool_mask(mask)
+    n_valid = int(m.sum())
+    selected = torch.zeros_like(m)
+    if ratio == 0 or n_valid == 0:
+        return selected
+    k = max(int(n_valid * ratio), 1)                                          # verl k_percent_nums
+    a = torch.where(m, adv, 0.0)
+    lp = torch.where(m, logp.to(a.dtype), 0.0)
+    cov = (a - a.sum() / n_valid) * (lp - lp.sum() / n_valid)               # (Â − Ā)(ℓ − ℓ̄)
+    cov = torch.where(m, cov, -math.inf).flatten()
+    return selected.flatten().index_fill_(0, torch.topk(cov, k).indices, True).view_as(m)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,6 +262,24 @@ def _kpo(b: _Batch, o: dict[str, Any]) -> _Shaped:
     return _Shaped(-r * b.adv, r, none, none, none, {})                       # −r̃Â
 
 
+def _kl_cov(b: _Batch, o: dict[str, Any]) -> _Shaped:
+    """KL-Cov (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", arXiv
+    2505.22617; verl ``compute_policy_loss_kl_cov``; used by DOT, spec-rewards §A7.2).
+
+    ``L_{i,t} = −r·Â`` on every token (vanilla, unclipped) and ``−r·Â + k·|ℓ^θ − ℓ^old|`` on the
+    tokens picked by :func:`kl_cov_mask` (top ``kl_cov_ratio`` of the valid tokens by
+    covariance), ``k = ppo_kl_coef``. The ranking is over the tokens *of this call*: verl calls the
+    loss once per micro-batch, so the selection (and ``n_valid``) is per micro-batch there too and
+    depends on the micro-batch size. ``|δ|`` has zero gradient at δ = 0 (on-policy step).
+    """
+    r = torch.exp(b.delta)
+    loss = -b.adv * r                                                         # −Â·r
+    picked = kl_cov_mask(b.adv, b.masked_logp().detach(), b.mask, o["kl_cov_ratio"])
+    loss = torch.where(picked, loss + o["ppo_kl_coef"] * b.delta.abs(), loss)  # + k·|δ|
+    none = torch.zeros_like(b.mask)
+    return _Shaped(loss, r, none, none, none, {"kl_cov_frac": picked})
+
+
 # ----------------------------------------------------------------------------------------------
 # Option validation
 # ----------------------------------------------------------------------------------------------
@@ -336,6 +379,14 @@ def _check_kpo(o: dict[str, Any], name: str, compat: str) -> None:
         raise ValueError(f"chunk_size: must be an integer >= 1, got {o['chunk_size']!r}")
 
 
+def _check_kl_cov(o: dict[str, Any], name: str, compat: str) -> None:
+    _number("kl_cov_ratio", o["kl_cov_ratio"], ge=0.0)
+    if o["kl_cov_ratio"] > 1.0:
+        raise ValueError(f"kl_cov_ratio: must be a number in [0, 1] (fraction of the valid tokens; "
+                         f"0.002 = 0.2 %), got {o['kl_cov_ratio']!r}")
+    _number("ppo_kl_coef", o["ppo_kl_coef"], ge=0.0)
+
+
 @dataclass(frozen=True)
 class _Entry:
     shaper: Callable[[_Batch, dict[str, Any]], _Shaped]
@@ -362,6 +413,8 @@ _REGISTRY: dict[str, _Entry] = {
                   {"clip_low": 0.2, "clip_high": 0.28, "dual_clip": None, "clip": True,
                    "Q": 1e-6, "V": 1.0, "P0": 1.0, "x0": 0.0, "domain": "log",
                    "grad": "through_filter", "method": "auto", "chunk_size": 64}),
+    "kl_cov": _Entry(_kl_cov, _check_kl_cov, "seq-mean-token-mean",
+                     {"kl_cov_ratio": 0.002, "ppo_kl_coef": 1.0}),
 }
 _COMMON = {"rollout_is": "token", "rollout_is_mode": "truncate", "rollout_is_threshold": 2.0,
            "rollout_is_threshold_lower": None, "rollout_is_batch_normalize": False,
@@ -489,8 +542,9 @@ def policy_loss(name: str, logp: torch.Tensor, old_logp: torch.Tensor,
         agg: aggregation mode (see :mod:`grouprl.losses.aggregate`); None = the loss's default
             from its paper/reference code (module table): token-mean for the token-level
             losses, seq-mean-token-mean for gspo/gspo_token/sapo (GSPO paper; verl forces it
-            for sapo), seq-mean-token-sum for luspo (LUSPO = GSPO × L_i; pass "token-mean" for
-            the length-mean normaliser, open question §10.5).
+            for sapo) and kl_cov (DOT, spec-rewards §A7.2), seq-mean-token-sum for luspo
+            (LUSPO = GSPO × L_i; pass "token-mean" for the length-mean normaliser, open
+            question §10.5).
         rollout_logp: (N, T) inference-engine ``ℓ^roll``; when given, the per-token loss is
             multiplied by the rollout-correction weight ``ρ̂`` of ``ρ = exp(ℓ^old − ℓ^roll)``
             (decoupled mode, §8) and mismatch metrics are reported.
@@ -522,6 +576,10 @@ def policy_loss(name: str, logp: torch.Tensor, old_logp: torch.Tensor,
             ``grad="through_filter"`` | ``"straight_through"``, ``clip=True``,
             ``method="auto"``, ``chunk_size=64``, ``clip_low=0.2``, ``clip_high=0.28``,
             ``dual_clip=None``.
+        kl_cov: ``kl_cov_ratio=0.002`` (fraction of the call's valid tokens that get the KL
+            term, 0.2 % as in DOT, spec §A7.2; verl's fallback is 0.0002; 0 = vanilla ``−rÂ``),
+            ``ppo_kl_coef=1.0``; default aggregation seq-mean-token-mean (DOT). For verl's
+            unclamped ratio pass ``log_ratio_clamp=None``.
         all: ``rollout_is="token"`` | ``"sequence"`` | None (used only with ``rollout_logp``;
             None keeps the mismatch metrics without weighting), ``rollout_is_mode="truncate"``
             | ``"mask"``, ``rollout_is_threshold=2.0`` (verl; TRL uses 3.0),
@@ -538,7 +596,8 @@ def policy_loss(name: str, logp: torch.Tensor, old_logp: torch.Tensor,
         ``clipfrac_dual`` (Â < 0 and the dual / two-sided cap active, verl
         ``pg_clipfrac_lower``), ``approx_kl_k1`` (mean −δ) and ``approx_kl_k3``
         (mean ``e^δ − 1 − δ``) of old vs new, ``n_tokens``, ``n_seqs``; ``sapo_gate`` for
-        sapo; with ``rollout_logp``: ``rollout_is_weight_mean``, ``rollout_is_frac_modified``,
+        sapo; ``kl_cov_frac`` (fraction of the valid tokens that got the KL term) for kl_cov;
+        with ``rollout_logp``: ``rollout_is_weight_mean``, ``rollout_is_frac_modified``,
         ``mismatch_kl_k1``, ``mismatch_kl_k3`` (rollout vs old). Metrics are local to the call.
     """
     check_choice("name", name, tuple(_REGISTRY))

@@ -92,6 +92,8 @@ class AgentConfig:
     history_length: int = _opt(2, low=0, doc="memory window k (spec §1.2)")
     action_tag: str | None = _opt("action")
     allow_plain: bool = _opt(False, doc="accept an untagged reply as the action")
+    raw_action: bool | None = _opt(None, doc="pass the whole reply to the env unparsed (null = "
+                                   "true for env 'reasoning', false otherwise)")
     use_chat_template: bool = _opt(True, doc="apply the tokenizer's chat template if it has one")
 
 

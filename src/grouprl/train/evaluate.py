@@ -18,7 +18,7 @@ from grouprl.agent.rollout import Rollout, collect_rollouts
 from grouprl.envs import EnvPool
 from grouprl.policy import Generation, generate
 
-__all__ = ["make_generate_fn", "evaluate_policy", "eval_seeds"]
+__all__ = ["make_generate_fn", "evaluate_policy", "eval_seeds", "response_length_metrics"]
 
 
 def make_generate_fn(model: torch.nn.Module, tokenizer: Any, *, max_new_tokens: int,
@@ -53,7 +53,8 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: Any, *, env_name: str, en
                     allow_plain: bool = False, use_chat_template: bool = True,
                     backend: str = "serial", step_timeout: float | None = 30.0,
                     num_workers: int | None = None, batch_size: int | None = None,
-                    pool: EnvPool | None = None) -> tuple[dict[str, float], Rollout]:
+                    pool: EnvPool | None = None, raw_action: bool = False
+                    ) -> tuple[dict[str, float], Rollout]:
     """Metrics ``eval/*`` of the policy on the held-out tasks, and the rollout itself."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + 17)
@@ -70,6 +71,7 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: Any, *, env_name: str, en
                 pool, generate_fn, template=template,
                 task_seeds=eval_seeds(episodes, seed_offset), group_size=1, max_steps=max_steps,
                 history_length=history_length, action_tag=action_tag, allow_plain=allow_plain,
+                raw_action=raw_action,
                 tokenizer=tokenizer, use_chat_template=use_chat_template,
                 pad_token_id=tokenizer.pad_token_id or 0)
     finally:
@@ -78,4 +80,21 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: Any, *, env_name: str, en
     m = rollout.metrics
     metrics = {f"eval/{k}": m[k] for k in ("success_rate", "episode_return", "episode_length",
                                            "invalid_rate", "failed_trajectories")}
+    metrics.update(response_length_metrics(rollout, prefix="eval/"))
     return metrics, rollout
+
+
+def response_length_metrics(rollout: Rollout, prefix: str = "") -> dict[str, float]:
+    """Mean and percentiles (50/90/99, nearest-rank via ``torch.quantile`` "higher") of the
+    response token counts of every row, and the fraction that hit ``max_new_tokens``."""
+    length = rollout.response_mask.sum(1).to(torch.float64)
+    if length.numel() == 0:
+        return {}
+    q = torch.quantile(length, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64),
+                       interpolation="higher")
+    out = {"response_length_mean": float(length.mean()), "response_length_p50": float(q[0]),
+           "response_length_p90": float(q[1]), "response_length_p99": float(q[2]),
+           "response_length_max": float(length.max())}
+    if rollout.truncated is not None:
+        out["truncated_rate"] = float(rollout.truncated.float().mean())
+    return {prefix + k: v for k, v in out.items()}

@@ -1,0 +1,502 @@
+"""Speed race: grouprl vs TRL's ``GRPOTrainer`` on the same tiny model, prompts and loss (CPU).
+
+    python benchmarks/vs_trl.py [--quick] [--steps N] [--warmup W] [--curve-steps N] [--write]
+
+Both trainers start from one shared warm start (the tiny Qwen2 model of
+``grouprl.policy.build_tiny_policy``, behaviour-cloned briefly on expert arithmetic solutions
+``<think>3+4=7.</think><answer>7</answer><|endoftext|>``), draw prompts from the same
+arithmetic task set, sample ``G`` completions of up to ``T`` new tokens for each of ``B`` prompts
+per optimizer step at temperature 1 (no top-p / top-k), stop at EOS, score 1 when the integer
+inside ``<answer>…</answer>`` equals the gold answer, and take one AdamW step (lr ``--lr``, grad
+clip 1.0) on the GRPO loss: group-normalised advantages, PPO-clip surrogate (ratio 1: one
+epoch, one mini-batch), token-mean over all B·G completions, no KL, no entropy bonus.
+
+Measured in one process, one side after the other, for each batch shape ``B×G×T``:
+
+* seconds per optimizer step — TRL: generation + reward + advantages + forward/backward +
+  optimizer step (``on_step_begin`` → ``on_step_end``); grouprl: rollout (generation + env
+  verification) + advantages + update (``timing/iteration_s``, evaluation and checkpointing
+  excluded);
+* generated tokens per second: the step's generated completion tokens (EOS included) / the
+  step's time;
+
+each the median over the steps after ``--warmup``. A learning-curve run (``--curve-steps``)
+compares the per-step mean reward (rate of correct answers in the step's B·G completions).
+
+TRL's exact configuration and why it equals grouprl's loss: ``benchmarks/trl_side.py``.
+grouprl's configuration: :data:`GROUPRL_RECIPE` and :func:`grouprl_overrides` below (one place
+to adjust when the reasoning-mode keys change). Writes its section of docs/benchmarks.md only
+with ``--write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_section  # noqa: E402
+from trl_side import is_correct, run_trl, trl_available  # noqa: E402
+
+# --------------------------------------------------------------------------- the grouprl side
+# The reasoning-mode recipe of grouprl (a YAML recipe, so env.kwargs replaces the default env's
+# arguments instead of merging into them); the shape and the run directory come as overrides.
+GROUPRL_RECIPE: dict[str, Any] = {
+    "env": {"name": "reasoning", "kwargs": {"dataset": "builtin:arithmetic", "difficulty": [1]},
+            "max_steps": 1},
+    "agent": {"template": "reasoning", "action_tag": None, "allow_plain": True,
+              "history_length": 0, "use_chat_template": False},
+    "rollout": {"stop": [], "temperature": 1.0, "top_p": 1.0},
+    "algorithm": {"estimator": "grpo", "loss": "ppo", "loss_agg": "token-mean", "kl_coef": 0.0,
+                  "entropy_coef": 0.0, "ppo_epochs": 1, "num_mini_batches": 1},
+    "bc": {"enabled": False},
+    "eval": {"every": 0, "episodes": 1},
+    "logging": {"progress": False},
+    "optim": {"grad_clip": 1.0, "schedule": "constant", "weight_decay": 0.0},
+    "save_every": 0,
+    "keep_last": 1,
+}
+
+
+def grouprl_overrides(*, run_dir: Path, model_dir: Path, prompts_per_step: int,
+                      num_generations: int, max_new_tokens: int, micro_batch: int, lr: float,
+                      steps: int, threads: int, seed: int, difficulty: Sequence[int]) -> list[str]:
+    return [f"run_dir={run_dir}", f"model.path={model_dir}",
+            f"env.kwargs.difficulty={json.dumps(list(difficulty))}",
+            f"rollout.groups_per_batch={prompts_per_step}", f"rollout.group_size={num_generations}",
+            f"rollout.max_new_tokens={max_new_tokens}",
+            f"algorithm.micro_batch_size={micro_batch}", f"optim.lr={lr}",
+            f"iterations={steps}", f"threads={threads}", f"seed={seed}"]
+
+
+# --------------------------------------------------------------------------- tasks and prompts
+# The prompt TRL gets when grouprl's reasoning env cannot render one (before it lands): the
+# question, then the reply format. With the env available, both sides get the env's prompt.
+STANDIN_PROMPT = ("{question}\nThink step by step inside <think> </think>, then give the final "
+                  "answer inside <answer> </answer>.\n")
+SPECIAL_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
+VERBOSE_CHECKS = (0, 1)  # redundant "Check: …" sentences per expert solution (length spread)
+EOS = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class Task:
+    prompt: str      # the full prompt text the model sees
+    answer: int
+    solution: str    # expert reply (without EOS)
+
+
+def _examples(difficulty: Sequence[int], size: int, seed: int, split: str = "train"
+              ) -> tuple[list[tuple[str, int, str]], str]:
+    """(question, answer, solution) triples: grouprl's arithmetic data, or a stand-in."""
+    try:
+        from grouprl.data.arithmetic import arithmetic_dataset
+    except ImportError:
+        import random
+
+        rng = random.Random(f"{split}:{seed}")
+        out = []
+        for _ in range(size):
+            a, b = rng.randrange(10), rng.randrange(10)
+            if rng.random() < 0.5:
+                out.append((f"What is {a} + {b}?", a + b,
+                            f"<think>{a}+{b}={a + b}.</think><answer>{a + b}</answer>"))
+            else:
+                a, b = max(a, b), min(a, b)
+                out.append((f"What is {a} - {b}?", a - b,
+                            f"<think>{a}-{b}={a - b}.</think><answer>{a - b}</answer>"))
+        return out, "stand-in (single-digit + and -)"
+    data = arithmetic_dataset(split, difficulty=list(difficulty), size=size, seed=seed,
+                              verbose_checks=VERBOSE_CHECKS)
+    return ([(e.prompt, int(e.answer), e.solution) for e in data],
+            f"grouprl.data.arithmetic, difficulty {list(difficulty)}, {split} split")
+
+
+def _env_kwargs(difficulty: Sequence[int]) -> dict[str, Any]:
+    return {**GROUPRL_RECIPE["env"]["kwargs"], "difficulty": list(difficulty)}
+
+
+def _env_tasks(size: int, difficulty: Sequence[int]) -> list[Task] | None:
+    """Tasks rendered exactly as grouprl's reasoning rollouts render them (seeds 0..n-1, n =
+    ``size`` or the env's data set size when smaller: each item once), or None while the
+    reasoning env / template is not available."""
+    try:
+        from grouprl.agent.memory import HistoryMemory
+        from grouprl.agent.prompts import template_from_config
+        from grouprl.agent.rollout import render_prompt
+        from grouprl.envs import available_envs, make_env
+        from trl_side import parse_answer
+
+        if GROUPRL_RECIPE["env"]["name"] not in available_envs():
+            return None
+        template = template_from_config(GROUPRL_RECIPE["agent"]["template"])
+        env = make_env(GROUPRL_RECIPE["env"]["name"], **_env_kwargs(difficulty))
+    except Exception:  # noqa: BLE001 - any failure means "not available yet"
+        return None
+    tasks = []
+    try:
+        n = min(size, len(env)) if hasattr(env, "__len__") else size
+        for seed in range(n):
+            obs, info = env.reset(seed)
+            prompt = render_prompt(template, HistoryMemory(1, 0), 0, task=info.get("task", ""),
+                                   observation=obs, admissible=info.get("admissible_actions"),
+                                   tokenizer=None, use_chat_template=False)
+            plan = None
+            for name in ("expert_actions", "gold_actions"):
+                if callable(getattr(env, name, None)):
+                    plan = getattr(env, name)()
+                    break
+            solution = plan[0] if plan else info.get("solution")
+            gold = info.get("answer", parse_answer(solution or ""))
+            if solution is None or gold is None:
+                return None
+            tasks.append(Task(prompt, int(gold), solution))
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        env.close()
+    return tasks
+
+
+def load_tasks(size: int, difficulty: Sequence[int], seed: int = 0) -> tuple[list[Task], str]:
+    """The training tasks both sides draw from, and where their prompts come from."""
+    env_tasks = _env_tasks(size, difficulty)
+    if env_tasks:
+        return env_tasks, f"grouprl's `{GROUPRL_RECIPE['env']['name']}` env and " \
+                          f"`{GROUPRL_RECIPE['agent']['template']}` template"
+    examples, source = _examples(difficulty, size, seed)
+    return ([Task(STANDIN_PROMPT.format(question=q), a, s) for q, a, s in examples],
+            f"{source}, stand-in prompt format")
+
+
+def make_verifier(difficulty: Sequence[int]) -> tuple[Any, str]:
+    """``verify(texts, golds) -> [bool]`` for the TRL reward: the verifier grouprl's reasoning
+    env scores with (same mode and backend), or the ``<answer>`` integer match without it."""
+    kw = _env_kwargs(difficulty)
+    try:
+        from grouprl.rewards.verify import Verifier
+
+        v = Verifier(mode=kw.get("verifier", "answer_tag"), backend=kw.get("backend", "auto"),
+                     timeout_s=kw.get("verifier_timeout", 5.0), workers=0,
+                     require_think_close=kw.get("require_think_close", False))
+    except Exception:  # noqa: BLE001
+        return (lambda texts, golds: [is_correct(t, g) for t, g in zip(texts, golds)],
+                "integer inside <answer>…</answer>")
+
+    def verify(texts: Sequence[str], golds: Sequence[int]) -> list[bool]:
+        return [r.correct is True for r in v.verify_batch(list(texts), [str(g) for g in golds])]
+
+    return verify, f"grouprl Verifier(mode={v.mode!r}, backend={v.backend!r})"
+
+
+# --------------------------------------------------------------------------- shared warm start
+def build_warm_start(out_dir: Path, tasks: Sequence[Task], *, bc_updates: int, seed: int = 0,
+                     eval_tasks: Sequence[Task] = (), max_new_tokens: int = 64,
+                     verify: Any = None) -> dict[str, float]:
+    """Tiny model + tokenizer trained on the tasks' text, behaviour-cloned for ``bc_updates``
+    updates on the expert solutions (+ EOS), saved to ``out_dir``; returns its sampled accuracy
+    (temperature 1) on ``eval_tasks``."""
+    from grouprl.policy import build_tiny_policy, generate
+    from grouprl.train.bc import ExpertSample, clone_behaviour
+
+    texts = [t.prompt for t in tasks] + [t.solution for t in tasks]
+    model, tok = build_tiny_policy(texts, special_tokens=SPECIAL_TOKENS, seed=seed)
+    samples = [ExpertSample(t.prompt, t.solution + EOS) for t in tasks]
+    t0 = time.perf_counter()
+    losses = clone_behaviour(model, tok, samples, epochs=10 ** 6, batch_size=32, lr=1e-3,
+                             max_updates=bc_updates, seed=seed)
+    info = {"bc_updates": float(len(losses)), "bc_loss_first": losses[0],
+            "bc_loss_last": losses[-1], "bc_s": time.perf_counter() - t0}
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    sol_tokens = [len(tok(t.solution + EOS, add_special_tokens=False)["input_ids"])
+                  for t in tasks]
+    info["solution_tokens_mean"] = statistics.mean(sol_tokens)
+    info["solution_tokens_max"] = float(max(sol_tokens))
+    info["prompt_tokens_mean"] = statistics.mean(
+        len(tok(t.prompt, add_special_tokens=False)["input_ids"]) for t in tasks)
+    if eval_tasks:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            res = generate(model, tok, [t.prompt for t in eval_tasks],
+                           max_new_tokens=max_new_tokens, generator=g)
+        verify = verify or (lambda xs, gs: [is_correct(x, g) for x, g in zip(xs, gs)])
+        info["warm_start_accuracy"] = statistics.mean(
+            float(ok) for ok in verify(res.texts, [t.answer for t in eval_tasks]))
+        info["warm_start_tokens_mean"] = float(res.response_mask.sum(1).float().mean())
+    return info
+
+
+# --------------------------------------------------------------------------- the two sides
+@dataclass(frozen=True)
+class Shape:
+    prompts_per_step: int   # B
+    num_generations: int    # G
+    max_new_tokens: int     # T
+
+    @property
+    def label(self) -> str:
+        return f"B={self.prompts_per_step} G={self.num_generations} T={self.max_new_tokens}"
+
+    @classmethod
+    def parse(cls, text: str) -> Shape:
+        try:
+            b, g, t = (int(x) for x in text.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"shape {text!r}: expected BxGxT, e.g. 4x8x32"
+                                             ) from None
+        return cls(b, g, t)
+
+
+def _summary(step_s: list[float], tokens: list[float], warmup: int) -> dict[str, float]:
+    timed = range(min(warmup, len(step_s) - 1), len(step_s))
+    return {"median_s": statistics.median(step_s[i] for i in timed),
+            "tok_s": statistics.median(tokens[i] / step_s[i] for i in timed),
+            "tokens_per_step": statistics.median(tokens[i] for i in timed)}
+
+
+def run_grouprl(model_dir: Path, shape: Shape, *, steps: int, warmup: int, lr: float,
+                micro_batch: int, threads: int, seed: int, difficulty: Sequence[int],
+                work_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    from grouprl.train import load_config, train
+    from grouprl.train.metrics import read_metrics
+
+    run_dir = Path(tempfile.mkdtemp(prefix="grouprl_", dir=work_dir))
+    recipe = run_dir.with_suffix(".yaml")
+    recipe.write_text(yaml.safe_dump(GROUPRL_RECIPE))
+    cfg = load_config(recipe, grouprl_overrides(
+        run_dir=run_dir / "run", model_dir=model_dir, prompts_per_step=shape.prompts_per_step,
+        num_generations=shape.num_generations, max_new_tokens=shape.max_new_tokens,
+        micro_batch=micro_batch, lr=lr, steps=steps, threads=threads, seed=seed,
+        difficulty=difficulty))
+    train(cfg, echo=lambda s: None)
+    its = [r for r in read_metrics(run_dir / "run") if "timing/iteration_s" in r]
+    if len(its) != steps:
+        raise RuntimeError(f"grouprl logged {len(its)} iterations, expected {steps}")
+    step_s = [float(r["timing/iteration_s"]) for r in its]
+    tokens = [float(r["train/response_tokens"]) for r in its]
+    reward = [float(r["train/success_rate"]) for r in its]
+    return {"step_s": step_s, "tokens": tokens, "reward": reward,
+            "rollout_s": [float(r["timing/rollout_s"]) for r in its],
+            "update_s": [float(r["timing/update_s"]) for r in its],
+            **_summary(step_s, tokens, warmup)}
+
+
+def race_one(side: str, model_dir: Path, tasks: Sequence[Task], shape: Shape, *, steps: int,
+             warmup: int, lr: float, micro_batch: int | None, threads: int, seed: int,
+             difficulty: Sequence[int], work_dir: Path, verify: Any = None) -> dict[str, Any]:
+    """One side at one shape; failures are returned as ``{"error": ...}``, not raised."""
+    micro = micro_batch or shape.prompts_per_step * shape.num_generations
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    try:
+        if side == "trl":
+            out = run_trl(str(model_dir), [t.prompt for t in tasks], [t.answer for t in tasks],
+                          num_generations=shape.num_generations,
+                          prompts_per_step=shape.prompts_per_step,
+                          max_completion_length=shape.max_new_tokens, lr=lr, steps=steps,
+                          warmup=warmup, micro_batch=micro, seed=seed, threads=threads,
+                          verify=verify)
+            out.pop("log_history", None)
+        else:
+            out = run_grouprl(model_dir, shape, steps=steps, warmup=warmup, lr=lr,
+                              micro_batch=micro, threads=threads, seed=seed,
+                              difficulty=difficulty, work_dir=work_dir)
+    except Exception as err:  # noqa: BLE001 - reported in the table
+        tb = traceback.format_exc(limit=6)
+        print(f"[{side} {shape.label}] failed: {type(err).__name__}: {err}\n{tb}",
+              file=sys.stderr, flush=True)
+        return {"error": f"{type(err).__name__}: {err}"}
+    out["wall_s"] = time.perf_counter() - t0
+    print(f"[{side:7s} {shape.label}] {out['median_s']:.3f} s/step, {out['tok_s']:,.0f} gen tok/s,"
+          f" {out['tokens_per_step']:.0f} tok/step, reward "
+          f"{statistics.mean(out['reward']):.2f} ({out['wall_s']:.0f}s in all)", flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------- report
+def _fmt(x: float | None, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def race_table(shapes: Sequence[Shape], results: dict[tuple[str, Shape], dict]) -> list[str]:
+    lines = ["| shape (B prompts × G completions, T max new tokens) | TRL s/step | grouprl "
+             "s/step | speedup | TRL gen tok/s | grouprl gen tok/s | ratio | tokens/step "
+             "(TRL / grouprl) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for shape in shapes:
+        t, g = results.get(("trl", shape), {}), results.get(("grouprl", shape), {})
+        ts, gs = t.get("median_s"), g.get("median_s")
+        tt, gt = t.get("tok_s"), g.get("tok_s")
+        lines.append(
+            f"| {shape.label} | {_fmt(ts, '.3f')} | {_fmt(gs, '.3f')} | "
+            f"{_fmt(ts / gs if ts and gs else None, '.2f')}{'×' if ts and gs else ''} | "
+            f"{_fmt(tt, ',.0f')} | {_fmt(gt, ',.0f')} | "
+            f"{_fmt(gt / tt if tt and gt else None, '.2f')}{'×' if tt and gt else ''} | "
+            f"{_fmt(t.get('tokens_per_step'), '.0f')} / {_fmt(g.get('tokens_per_step'), '.0f')} |")
+    errors = [f"- {side} at {shape.label}: `{r['error']}`" for (side, shape), r in results.items()
+              if "error" in r]
+    return lines + ([""] + ["Failed runs:"] + errors if errors else [])
+
+
+def curve_table(trl: dict, grp: dict, window: int = 5) -> list[str]:
+    tr, gr = trl.get("reward", []), grp.get("reward", [])
+    n = max(len(tr), len(gr))
+    lines = [f"| steps | TRL mean reward | grouprl mean reward |", "|---|---:|---:|"]
+    for start in range(0, n, window):
+        stop = min(start + window, n)
+        tw, gw = tr[start:stop], gr[start:stop]
+        lines.append(f"| {start + 1}–{stop} | {_fmt(statistics.mean(tw) if tw else None, '.3f')}"
+                     f" | {_fmt(statistics.mean(gw) if gw else None, '.3f')} |")
+    for name, r in (("TRL", trl), ("grouprl", grp)):
+        if "error" in r:
+            lines.append(f"\n{name} curve run failed: `{r['error']}`")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes, few steps")
+    parser.add_argument("--shapes", nargs="+", type=Shape.parse, default=None,
+                        help="batch shapes BxGxT (default 4x8x32 8x8x64; quick 2x4x32 4x4x48)")
+    parser.add_argument("--steps", type=int, default=None, help="timed race steps per run "
+                        "(default 8; quick 3)")
+    parser.add_argument("--warmup", type=int, default=None, help="steps left out of the "
+                        "medians (default 2; quick 1)")
+    parser.add_argument("--curve-steps", type=int, default=None, help="learning-curve steps "
+                        "(default 30; quick 6; 0 = no curve)")
+    parser.add_argument("--curve-shape", type=Shape.parse, default=None,
+                        help="shape of the learning-curve run (default: the first shape)")
+    parser.add_argument("--sides", default="trl,grouprl", help="comma list: trl, grouprl")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--micro-batch", type=int, default=None,
+                        help="rows per forward/backward on both sides (default B·G)")
+    parser.add_argument("--difficulty", type=int, nargs="+", default=[1])
+    parser.add_argument("--bc-updates", type=int, default=None,
+                        help="behaviour-cloning updates of the warm start (default 150; quick 40)")
+    parser.add_argument("--tasks", type=int, default=2000, help="training tasks (capped by the "
+                        "data set)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work-dir", default=None, help="keep the warm start and runs here")
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--output", default=None, help="markdown file (default docs/)")
+    parser.add_argument("--json", default=None, help="also dump all per-step numbers here")
+    args = parser.parse_args(argv)
+
+    q = args.quick
+    shapes = args.shapes or ([Shape(2, 4, 32), Shape(4, 4, 48)] if q
+                             else [Shape(4, 8, 32), Shape(8, 8, 64)])
+    steps = args.steps or (3 if q else 8)
+    warmup = args.warmup if args.warmup is not None else (1 if q else 2)
+    curve_steps = args.curve_steps if args.curve_steps is not None else (6 if q else 30)
+    curve_shape = args.curve_shape or shapes[0]
+    bc_updates = args.bc_updates or (40 if q else 150)
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    for s in sides:
+        if s not in ("trl", "grouprl"):
+            parser.error(f"--sides: unknown side {s!r}")
+    if "trl" in sides and not trl_available():
+        print("trl is not installed (pip install trl): running the grouprl side only",
+              file=sys.stderr)
+        sides = [s for s in sides if s != "trl"]
+    torch.set_num_threads(args.threads)
+
+    tmp = None
+    if args.work_dir:
+        work = Path(args.work_dir)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="vs_trl_")
+        work = Path(tmp.name)
+    try:
+        tasks, source = load_tasks(args.tasks, args.difficulty, args.seed)
+        verify, verifier = make_verifier(args.difficulty)
+        model_dir = work / "warm_start"
+        warm = build_warm_start(model_dir, tasks, bc_updates=bc_updates, seed=args.seed,
+                                eval_tasks=tasks[:128], verify=verify,
+                                max_new_tokens=max(s.max_new_tokens for s in shapes))
+        print(f"tasks: {len(tasks)} from {source}; TRL reward: {verifier}; warm start: "
+              f"{json.dumps(warm)}", flush=True)
+
+        kw = dict(warmup=warmup, lr=args.lr, micro_batch=args.micro_batch,
+                  threads=args.threads, seed=args.seed, difficulty=args.difficulty,
+                  work_dir=work, verify=verify)
+        results: dict[tuple[str, Shape], dict] = {}
+        for shape in shapes:
+            for side in sides:
+                results[(side, shape)] = race_one(side, model_dir, tasks, shape, steps=steps,
+                                                  **kw)
+        curve: dict[str, dict] = {}
+        if curve_steps:
+            for side in sides:
+                curve[side] = race_one(side, model_dir, tasks, curve_shape, steps=curve_steps,
+                                       **kw)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    micro_note = ("one forward/backward over all B·G rows" if args.micro_batch is None
+                  else f"micro-batches of {args.micro_batch} rows")
+    lines = [
+        "## Speed race vs TRL GRPOTrainer (`benchmarks/vs_trl.py`)",
+        "",
+        f"Same warm start (tiny Qwen2, hidden 128 × 4 layers, behaviour-cloned {bc_updates} "
+        f"updates: {warm.get('warm_start_accuracy', float('nan')):.0%} correct at temperature "
+        f"1 on 128 training prompts), same tasks ({len(tasks)} from {source}; prompts "
+        f"{warm['prompt_tokens_mean']:.0f} tokens, expert solutions "
+        f"{warm['solution_tokens_mean']:.0f} tokens on average), same reward ({verifier}), "
+        f"temperature 1, stop at EOS, GRPO advantages, token-mean loss over the B·G completions, "
+        f"no KL, AdamW lr {args.lr:g}, grad clip 1.0, {micro_note}. CPU, "
+        f"{args.threads} threads, float32, {time.strftime('%Y-%m-%d')}. Median of steps "
+        f"{warmup + 1}–{steps} of {steps}.",
+        "",
+        *race_table(shapes, results),
+        "",
+        "A step is one optimizer step on B·G fresh completions. TRL's step time "
+        "(`on_step_begin` → `on_step_end`) covers generation (`model.generate`), reward, "
+        "advantages, forward/backward and the optimizer step; grouprl's (`timing/iteration_s`) "
+        "covers the rollout (generation and env verification), advantages and the update; "
+        "neither includes evaluation, logging or checkpoints. Generated tokens per second = "
+        "the step's completion tokens (EOS included) / the step's time. TRL runs `GRPOTrainer` "
+        "with `loss_type=\"dapo\"` (normalised by the active tokens of the whole generation "
+        "batch = grouprl's `token-mean`), `beta=0`, `num_iterations=1`, "
+        "`scale_rewards=\"group\"`, `gradient_checkpointing=False`, `use_vllm=False`.",
+    ]
+    if curve:
+        lines += ["", f"Learning curve at {curve_shape.label} (mean reward = rate of correct "
+                  f"answers among the step's completions, {curve_steps} steps, windows of 5):",
+                  "", *curve_table(curve.get("trl", {}), curve.get("grouprl", {}))]
+    text = "\n".join(lines)
+    print("\n" + text)
+    if args.write:
+        write_section("vs_trl", text, args.output or
+                      Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
+    out = {"source": source, "warm_start": warm,
+           "race": {f"{side} {shape.label}": r for (side, shape), r in results.items()},
+           "curve": curve, "table": text}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+    return out
+
+
+if __name__ == "__main__":
+    main()
