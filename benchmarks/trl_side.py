@@ -149,7 +149,9 @@ def run_trl(model_dir: str, prompts: Sequence[str], answers: Sequence[int], *,
     """Train the model saved in ``model_dir`` with ``trl.GRPOTrainer`` for ``steps`` steps.
 
     Returns per-step lists ``step_s`` (seconds), ``tokens`` (generated completion tokens),
-    ``reward`` (mean correctness of the step's B·G completions), TRL's own ``log_history``, and
+    ``reward`` (mean correctness of the step's B·G completions), ``generate_s`` (time inside
+    ``GRPOTrainer._generate``: tokenization, ``model.generate``, decoding), ``reward_s`` (time
+    in the reward function), TRL's own ``log_history``, and
     the medians over the steps after ``warmup``: ``median_s`` and ``tok_s`` (generated tokens /
     step time, median of the per-step ratios).
 
@@ -166,12 +168,16 @@ def run_trl(model_dir: str, prompts: Sequence[str], answers: Sequence[int], *,
     if len(prompts) != len(answers) or not prompts:
         raise ValueError("prompts and answers: same non-zero length expected")
 
-    pending: dict[str, float] = {"tokens": 0.0, "reward": 0.0, "n": 0.0}
+    pending: dict[str, float] = {"tokens": 0.0, "reward": 0.0, "n": 0.0, "gen_s": 0.0,
+                                 "reward_s": 0.0}
     step_s: list[float] = []
+    gen_s: list[float] = []
+    reward_s: list[float] = []
     tokens: list[float] = []
     rewards: list[float] = []
 
     def correctness(prompts, completions, completion_ids, answer, **_):
+        t0 = time.perf_counter()
         if verify is None:
             ok = [is_correct(c, a) for c, a in zip(completions, answer)]
         else:
@@ -180,6 +186,7 @@ def run_trl(model_dir: str, prompts: Sequence[str], answers: Sequence[int], *,
         pending["tokens"] += float(sum(len(ids) for ids in completion_ids))
         pending["reward"] += float(sum(scores))
         pending["n"] += float(len(scores))
+        pending["reward_s"] += time.perf_counter() - t0
         return scores
 
     class StepTimer(TrainerCallback):
@@ -192,7 +199,9 @@ def run_trl(model_dir: str, prompts: Sequence[str], answers: Sequence[int], *,
             step_s.append(time.perf_counter() - self.t0)
             tokens.append(pending["tokens"])
             rewards.append(pending["reward"] / max(pending["n"], 1.0))
-            pending.update(tokens=0.0, reward=0.0, n=0.0)
+            gen_s.append(pending["gen_s"])
+            reward_s.append(pending["reward_s"])
+            pending.update(tokens=0.0, reward=0.0, n=0.0, gen_s=0.0, reward_s=0.0)
 
     dataset = Dataset.from_dict({"prompt": list(prompts), "answer": [int(a) for a in answers]})
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -206,6 +215,16 @@ def run_trl(model_dir: str, prompts: Sequence[str], answers: Sequence[int], *,
                               train_dataset=dataset, processing_class=tok,
                               callbacks=[StepTimer()])
         trainer.remove_callback(PrinterCallback)  # no per-step log dicts on stdout
+        generate = getattr(trainer, "_generate", None)
+        if callable(generate):  # time TRL's generation (prompt tokenization → decoded texts)
+            def timed_generate(*a, **k):
+                t0 = time.perf_counter()
+                try:
+                    return generate(*a, **k)
+                finally:
+                    pending["gen_s"] += time.perf_counter() - t0
+
+            trainer._generate = timed_generate
         trainer.train()
         history = list(trainer.state.log_history)
     if len(step_s) != steps:
@@ -213,6 +232,7 @@ def run_trl(model_dir: str, prompts: Sequence[str], answers: Sequence[int], *,
     timed = list(range(min(warmup, steps - 1), steps))
     return {
         "step_s": step_s, "tokens": tokens, "reward": rewards, "log_history": history,
+        "generate_s": gen_s, "reward_s": reward_s,
         "median_s": statistics.median(step_s[i] for i in timed),
         "tok_s": statistics.median(tokens[i] / step_s[i] for i in timed),
         "tokens_per_step": statistics.median(tokens[i] for i in timed),

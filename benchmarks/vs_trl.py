@@ -91,7 +91,8 @@ def grouprl_overrides(*, run_dir: Path, model_dir: Path, prompts_per_step: int,
 STANDIN_PROMPT = ("{question}\nThink step by step inside <think> </think>, then give the final "
                   "answer inside <answer> </answer>.\n")
 SPECIAL_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
-VERBOSE_CHECKS = (0, 1)  # redundant "Check: …" sentences per expert solution (length spread)
+VERBOSE_CHECKS = (0, 1)  # stand-in data: redundant "Check: …" sentences per expert solution
+ISOLATE_CHARS = "0123456789"  # digits stay single tokens (as grouprl's reasoning env asks)
 EOS = "<|endoftext|>"
 
 
@@ -206,17 +207,33 @@ def make_verifier(difficulty: Sequence[int]) -> tuple[Any, str]:
 
 
 # --------------------------------------------------------------------------- shared warm start
+def _token_ids(tok: Any, texts: Sequence[str]) -> list[list[int]]:
+    return [list(ids) for ids in tok(list(texts), add_special_tokens=False)["input_ids"]]
+
+
 def build_warm_start(out_dir: Path, tasks: Sequence[Task], *, bc_updates: int, seed: int = 0,
                      eval_tasks: Sequence[Task] = (), max_new_tokens: int = 64,
                      verify: Any = None) -> dict[str, float]:
     """Tiny model + tokenizer trained on the tasks' text, behaviour-cloned for ``bc_updates``
     updates on the expert solutions (+ EOS), saved to ``out_dir``; returns its sampled accuracy
-    (temperature 1) on ``eval_tasks``."""
-    from grouprl.policy import build_tiny_policy, generate
+    (temperature 1) on ``eval_tasks``, measured on the saved copy.
+
+    Both trainers load the model *from* ``out_dir``, so cloning uses the tokenizer as it loads
+    back from disk (``grouprl.policy.load_policy``), not the in-memory one that
+    ``build_tiny_policy`` returns: transformers 5 loads a saved Qwen2-type tokenizer as
+    ``Qwen2Tokenizer``, which replaces the tiny tokenizer's pre-tokenizer, so the two can
+    tokenize differently. The saved tokenizer is checked to load back identically through
+    grouprl (``load_policy``) and through ``AutoTokenizer`` (what the TRL side uses).
+    """
+    from transformers import AutoTokenizer
+
+    from grouprl.policy import build_tiny_policy, generate, load_policy
     from grouprl.train.bc import ExpertSample, clone_behaviour
 
     texts = [t.prompt for t in tasks] + [t.solution for t in tasks]
-    model, tok = build_tiny_policy(texts, special_tokens=SPECIAL_TOKENS, seed=seed)
+    build_tiny_policy(texts, special_tokens=SPECIAL_TOKENS, isolate_chars=ISOLATE_CHARS,
+                      seed=seed, save_dir=out_dir)
+    model, tok = load_policy(out_dir)
     samples = [ExpertSample(t.prompt, t.solution + EOS) for t in tasks]
     t0 = time.perf_counter()
     losses = clone_behaviour(model, tok, samples, epochs=10 ** 6, batch_size=32, lr=1e-3,
@@ -225,12 +242,26 @@ def build_warm_start(out_dir: Path, tasks: Sequence[Task], *, bc_updates: int, s
             "bc_loss_last": losses[-1], "bc_s": time.perf_counter() - t0}
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
-    sol_tokens = [len(tok(t.solution + EOS, add_special_tokens=False)["input_ids"])
-                  for t in tasks]
+
+    clone_tok = tok
+    model, tok = load_policy(out_dir)
+    probe = [t.prompt + t.solution + EOS for t in tasks[:64]]
+    ids = _token_ids(tok, probe)
+    for name, other in (("the tokenizer used for cloning", _token_ids(clone_tok, probe)),
+                        ("AutoTokenizer", _token_ids(AutoTokenizer.from_pretrained(out_dir),
+                                                     probe))):
+        if other != ids:
+            raise RuntimeError(f"warm start: {name} tokenizes differently from "
+                               "grouprl.policy.load_policy's tokenizer")
+    eos_id = tok.convert_tokens_to_ids(EOS)
+    if eos_id != tok.eos_token_id or any(i[-1] != eos_id for i in ids):
+        raise RuntimeError(f"warm start: {EOS!r} is not tokenized as the EOS id")
+
+    sol_tokens = [len(i) for i in _token_ids(tok, [t.solution + EOS for t in tasks])]
     info["solution_tokens_mean"] = statistics.mean(sol_tokens)
     info["solution_tokens_max"] = float(max(sol_tokens))
     info["prompt_tokens_mean"] = statistics.mean(
-        len(tok(t.prompt, add_special_tokens=False)["input_ids"]) for t in tasks)
+        len(i) for i in _token_ids(tok, [t.prompt for t in tasks]))
     if eval_tasks:
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -326,6 +357,12 @@ def race_one(side: str, model_dir: Path, tasks: Sequence[Task], shape: Shape, *,
               file=sys.stderr, flush=True)
         return {"error": f"{type(err).__name__}: {err}"}
     out["wall_s"] = time.perf_counter() - t0
+    rollout = (out["rollout_s"] if side == "grouprl" else
+               [g + r for g, r in zip(out.get("generate_s", []), out.get("reward_s", []))])
+    if len(rollout) == len(out["step_s"]):
+        timed = range(min(warmup, steps - 1), steps)
+        out["rollout_median_s"] = statistics.median(rollout[i] for i in timed)
+        out["rest_median_s"] = statistics.median(out["step_s"][i] - rollout[i] for i in timed)
     print(f"[{side:7s} {shape.label}] {out['median_s']:.3f} s/step, {out['tok_s']:,.0f} gen tok/s,"
           f" {out['tokens_per_step']:.0f} tok/step, reward "
           f"{statistics.mean(out['reward']):.2f} ({out['wall_s']:.0f}s in all)", flush=True)
@@ -355,6 +392,21 @@ def race_table(shapes: Sequence[Shape], results: dict[tuple[str, Shape], dict]) 
     errors = [f"- {side} at {shape.label}: `{r['error']}`" for (side, shape), r in results.items()
               if "error" in r]
     return lines + ([""] + ["Failed runs:"] + errors if errors else [])
+
+
+def breakdown_table(shapes: Sequence[Shape], results: dict[tuple[str, Shape], dict]
+                    ) -> list[str]:
+    lines = ["| shape | side | s/step | rollout: generation + reward | the rest: advantages, "
+             "loss, backward, optimizer |", "|---|---|---:|---:|---:|"]
+    for shape in shapes:
+        for side, name in (("trl", "TRL"), ("grouprl", "grouprl")):
+            r = results.get((side, shape), {})
+            if "rollout_median_s" not in r:
+                continue
+            ro, rest = r["rollout_median_s"], r["rest_median_s"]
+            lines.append(f"| {shape.label} | {name} | {r['median_s']:.3f} | {ro:.3f} "
+                         f"({ro / (ro + rest):.0%}) | {rest:.3f} ({rest / (ro + rest):.0%}) |")
+    return lines
 
 
 def curve_table(trl: dict, grp: dict, window: int = 5) -> list[str]:
@@ -480,6 +532,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "with `loss_type=\"dapo\"` (normalised by the active tokens of the whole generation "
         "batch = grouprl's `token-mean`), `beta=0`, `num_iterations=1`, "
         "`scale_rewards=\"group\"`, `gradient_checkpointing=False`, `use_vllm=False`.",
+        "",
+        "Where a step's time goes (medians of the timed steps; TRL's rollout is the time inside "
+        "`GRPOTrainer._generate` plus the reward function, grouprl's is `timing/rollout_s`):",
+        "",
+        *breakdown_table(shapes, results),
     ]
     if curve:
         lines += ["", f"Learning curve at {curve_shape.label} (mean reward = rate of correct "

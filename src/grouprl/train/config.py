@@ -139,7 +139,8 @@ class RewardConfig:
     options: dict = _opt({}, doc="options of the shaper (e.g. grpo_lambda: {alpha: 0.2})")
     format_weight: float = _opt(0.0, low=0.0, doc="weight of the format reward added to the "
                                 "correctness reward")
-    format_style: str = _opt("r1_zero", choices=("r1_zero", "tag_count"))
+    format_style: str = _opt("r1_zero", choices=("r1_zero", "tag_count", "r1_distill"),
+                             doc="format reward / well-formedness check (spec §C4)")
 
 
 @dataclass

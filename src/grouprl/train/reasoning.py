@@ -124,7 +124,8 @@ class ReasoningRewards:
         needs_format = self.shaper.name in ("laser", "laser_d", "laser_de")
         well_formed = None
         if needs_format:
-            well_formed = torch.tensor([format_check(t, self.format_style, strict=False).ok
+            style = "r1_zero" if self.format_style == "tag_count" else self.format_style
+            well_formed = torch.tensor([format_check(t, style, strict=False).ok
                                         for t in rollout.responses], dtype=torch.bool)
         truncated = rollout.truncated if rollout.truncated is not None else \
             torch.zeros(n, dtype=torch.bool)

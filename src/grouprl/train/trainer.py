@@ -86,7 +86,7 @@ def validate_config(cfg: TrainConfig) -> PromptTemplate:
     """Checks that need more than one key, done before any work starts."""
     from grouprl.advantages import available_estimators, estimator_options
     from grouprl.envs import available_envs
-    from grouprl.losses import available_policy_losses, policy_loss_options
+    from grouprl.losses import SEQUENCE_LOSSES, available_policy_losses, policy_loss_options
 
     a = cfg.algorithm
     if a.estimator not in available_estimators():
@@ -96,13 +96,15 @@ def validate_config(cfg: TrainConfig) -> PromptTemplate:
         estimator_options(a.estimator, **_estimator_options(cfg))
     except ValueError as err:
         raise ConfigError(f"algorithm.estimator_options: {err}") from None
-    if a.loss not in available_policy_losses():
+    losses = available_policy_losses() + SEQUENCE_LOSSES
+    if a.loss not in losses:
         raise ConfigError(f"algorithm.loss: {a.loss!r} is not accepted; choose one of: "
-                          f"{', '.join(available_policy_losses())}")
-    try:
-        policy_loss_options(a.loss, **a.loss_options)
-    except ValueError as err:
-        raise ConfigError(f"algorithm.loss_options: {err}") from None
+                          f"{', '.join(losses)}")
+    if a.loss not in SEQUENCE_LOSSES:   # drpo's options are checked with the reasoning keys
+        try:
+            policy_loss_options(a.loss, **a.loss_options)
+        except ValueError as err:
+            raise ConfigError(f"algorithm.loss_options: {err}") from None
     if ":" not in cfg.env.name and cfg.env.name not in available_envs():
         raise ConfigError(f"env.name: {cfg.env.name!r} is not accepted; choose one of: "
                           f"{', '.join(available_envs())} or 'package.module:Class'")
