@@ -6,10 +6,11 @@ Both trainers start from one shared warm start (the tiny Qwen2 model of
 ``grouprl.policy.build_tiny_policy``, behaviour-cloned briefly on expert arithmetic solutions
 ``<think>3+4=7.</think><answer>7</answer><|endoftext|>``), draw prompts from the same
 arithmetic task set, sample ``G`` completions of up to ``T`` new tokens for each of ``B`` prompts
-per optimizer step at temperature 1 (no top-p / top-k), stop at EOS, score 1 when the integer
-inside ``<answer>…</answer>`` equals the gold answer, and take one AdamW step (lr ``--lr``, grad
-clip 1.0) on the GRPO loss: group-normalised advantages, PPO-clip surrogate (ratio 1: one
-epoch, one mini-batch), token-mean over all B·G completions, no KL, no entropy bonus.
+per optimizer step at temperature 1 (no top-p / top-k), stop at EOS, score 1 when the answer
+inside ``<answer>…</answer>`` is the gold one (TRL's reward function calls the verifier that
+grouprl's reasoning env scores with), and take one AdamW step (lr ``--lr``, grad clip 1.0) on
+the GRPO loss: group-normalised advantages, PPO-clip surrogate (ratio 1: one epoch, one
+mini-batch), token-mean over all B·G completions, no KL, no entropy bonus.
 
 Measured in one process, one side after the other, for each batch shape ``B×G×T``:
 
@@ -412,7 +413,7 @@ def breakdown_table(shapes: Sequence[Shape], results: dict[tuple[str, Shape], di
 def curve_table(trl: dict, grp: dict, window: int = 5) -> list[str]:
     tr, gr = trl.get("reward", []), grp.get("reward", [])
     n = max(len(tr), len(gr))
-    lines = [f"| steps | TRL mean reward | grouprl mean reward |", "|---|---:|---:|"]
+    lines = ["| steps | TRL mean reward | grouprl mean reward |", "|---|---:|---:|"]
     for start in range(0, n, window):
         stop = min(start + window, n)
         tw, gw = tr[start:stop], gr[start:stop]
@@ -436,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--curve-steps", type=int, default=None, help="learning-curve steps "
                         "(default 30; quick 6; 0 = no curve)")
     parser.add_argument("--curve-shape", type=Shape.parse, default=None,
-                        help="shape of the learning-curve run (default: the first shape)")
+                        help="shape of the learning-curve run (default 4x8x64: room for the "
+                        "longest expert solution; quick or --shapes: the first shape)")
     parser.add_argument("--sides", default="trl,grouprl", help="comma list: trl, grouprl")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--micro-batch", type=int, default=None,
@@ -460,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     steps = args.steps or (3 if q else 8)
     warmup = args.warmup if args.warmup is not None else (1 if q else 2)
     curve_steps = args.curve_steps if args.curve_steps is not None else (6 if q else 30)
-    curve_shape = args.curve_shape or shapes[0]
+    curve_shape = args.curve_shape or (shapes[0] if q or args.shapes else Shape(4, 8, 64))
     bc_updates = args.bc_updates or (40 if q else 150)
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     for s in sides:

@@ -29,7 +29,7 @@ def vs_trl():
 def test_race_runs_both_sides_and_writes_its_section(vs_trl, tmp_path):
     doc = tmp_path / "benchmarks.md"
     out = vs_trl.main(["--shapes", "2x2x16", "--steps", "2", "--warmup", "1",
-                       "--curve-steps", "2", "--bc-updates", "2", "--tasks", "16",
+                       "--curve-steps", "0", "--bc-updates", "1", "--tasks", "16",
                        "--work-dir", str(tmp_path / "work"), "--write", "--output", str(doc)])
     for side in ("trl", "grouprl"):
         r = out["race"][f"{side} B=2 G=2 T=16"]
@@ -37,11 +37,22 @@ def test_race_runs_both_sides_and_writes_its_section(vs_trl, tmp_path):
         assert len(r["step_s"]) == 2 and all(s > 0 for s in r["step_s"])
         assert r["median_s"] > 0 and r["tok_s"] > 0
         assert all(0 < t <= 2 * 2 * 16 for t in r["tokens"])  # B·G completions of <= T tokens
-        assert len(out["curve"][side]["reward"]) == 2
-        assert all(0.0 <= x <= 1.0 for x in out["curve"][side]["reward"])
+        assert all(0.0 <= x <= 1.0 for x in r["reward"])
+        assert 0 < r["rollout_median_s"] < r["median_s"]
     text = doc.read_text()
     assert "<!-- vs_trl:start -->" in text and "<!-- vs_trl:end -->" in text
     assert "Speed race vs TRL GRPOTrainer" in text and "| B=2 G=2 T=16 |" in text
+
+
+def test_tables(vs_trl):
+    shape = vs_trl.Shape.parse("4x8x32")
+    results = {("trl", shape): {"median_s": 2.0, "tok_s": 300.0, "tokens_per_step": 600},
+               ("grouprl", shape): {"error": "ConfigError: nope"}}
+    race = "\n".join(vs_trl.race_table([shape], results))
+    assert "| B=4 G=8 T=32 | 2.000 | — | — | 300 | — | — | 600 / — |" in race
+    assert "grouprl at B=4 G=8 T=32: `ConfigError: nope`" in race
+    curve = vs_trl.curve_table({"reward": [0.0, 0.5, 1.0]}, {"reward": [0.25] * 7}, window=5)
+    assert "| 1–5 | 0.500 | 0.250 |" in curve and "| 6–7 | — | 0.250 |" in curve
 
 
 def test_trl_config_gives_one_optimizer_step_per_generation(vs_trl, tmp_path):

@@ -56,6 +56,8 @@ from grouprl.train.metrics import MetricsLogger, ProgressBar
 __all__ = ["train", "TrainResult", "task_seeds", "setup_policy", "validate_config"]
 
 WARM_START_DIR = "warm_start"
+MONITOR_ITERATION = 10**9
+"""The pseudo-iteration whose task seeds form LASER-D's fixed monitor set."""
 BASE_MODEL_DIR = "base_model"
 
 
@@ -747,7 +749,7 @@ def _monitor(cfg: TrainConfig, rewards: Any, pools: EnvPools, generate_fn: Calla
     training group size and recompute the per-bucket length targets from it."""
     ro = cfg.rollout
     prompts = rewards.monitor["monitor_prompts"]
-    seeds = task_seeds(cfg.seed, -3, prompts, cfg.eval.seed_offset)   # the same set every time
+    seeds = task_seeds(cfg.seed, MONITOR_ITERATION, prompts, cfg.eval.seed_offset)  # fixed set
     r = collect_rollouts(
         pools.get(prompts * ro.group_size), generate_fn, template=template, task_seeds=seeds,
         group_size=ro.group_size, max_steps=cfg.env.max_steps,
