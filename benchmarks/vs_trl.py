@@ -450,7 +450,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         "data set)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work-dir", default=None, help="keep the warm start and runs here")
+    parser.add_argument("--work-dir", default=None, help="keep the warm start and runs here "
+                        "(a later run with the same tasks and --bc-updates reuses the warm start)")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--output", default=None, help="markdown file (default docs/)")
     parser.add_argument("--json", default=None, help="also dump all per-step numbers here")
@@ -485,9 +486,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         tasks, source = load_tasks(args.tasks, args.difficulty, args.seed)
         verify, verifier = make_verifier(args.difficulty)
         model_dir = work / "warm_start"
-        warm = build_warm_start(model_dir, tasks, bc_updates=bc_updates, seed=args.seed,
-                                eval_tasks=tasks[:128], verify=verify,
-                                max_new_tokens=max(s.max_new_tokens for s in shapes))
+        stamp = {"tasks": [[t.prompt, t.answer, t.solution] for t in tasks],
+                 "bc_updates": bc_updates, "seed": args.seed,
+                 "max_new_tokens": max(s.max_new_tokens for s in shapes)}
+        saved = model_dir / "vs_trl_warm_start.json"
+        warm = None
+        if saved.is_file():  # --work-dir of an earlier run: reuse its warm start
+            old = json.loads(saved.read_text())
+            warm = old["info"] if old.get("stamp") == stamp else None
+        if warm is None:
+            warm = build_warm_start(model_dir, tasks, bc_updates=bc_updates, seed=args.seed,
+                                    eval_tasks=tasks[:128], verify=verify,
+                                    max_new_tokens=stamp["max_new_tokens"])
+            saved.write_text(json.dumps({"stamp": stamp, "info": warm}))
         print(f"tasks: {len(tasks)} from {source}; TRL reward: {verifier}; warm start: "
               f"{json.dumps(warm)}", flush=True)
 

@@ -266,3 +266,45 @@ def test_truncation_keeps_the_prompt_end_and_the_response_start(pairs_file):
     assert torch.equal(cut.prompt_ids[0], full.prompt_ids[0, -p:])  # the prompt's right end
     assert torch.equal(cut.chosen_ids[0, :c], full.chosen_ids[0, :c])  # the response's start
     assert int(full.chosen_ids[0, int(full.chosen_mask.sum()) - 1]) == tok.eos_token_id
+
+
+def test_lora_trains_the_adapter_against_the_base_model(tmp_path, pairs_file):
+    cfg = config(tmp_path, pairs_file, "model.lora.enabled=true", "model.lora.rank=4",
+                 "model.lora.alpha=8", "preference.epochs=1", "preference.eval_every=0",
+                 "preference.loss_options={beta: 0.5}", "optim.lr=1e-2")
+    result = train_preference(cfg, echo=lambda s: None)
+    assert result.success_before == 0.0  # zero-initialised adapters: policy = reference
+    assert result.success_after >= 0.8, result.success_after
+    ckpt = latest_checkpoint(cfg.run_dir)
+    assert (ckpt / "adapter_config.json").is_file()  # only the adapter is checkpointed
+    result = train_preference(cfg, resume=True, echo=lambda s: None)  # reloads base + adapter
+    assert result.iterations == 8
+
+
+def test_resume_before_the_first_checkpoint_restarts_cleanly(tmp_path, pairs_file):
+    import shutil
+
+    cfg = config(tmp_path, pairs_file, "preference.epochs=1")
+    first = no_timing(train_preference(cfg, echo=lambda s: None).metrics)
+    shutil.rmtree(Path(cfg.run_dir) / "checkpoints")  # as if it died before saving
+    again = train_preference(cfg, resume=True, echo=lambda s: None)
+    assert no_timing(again.metrics) == first  # one step-0 evaluation, same steps
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
+def test_non_finite_loss_skips_the_step_and_is_counted(tmp_path, pairs_file, monkeypatch):
+    import grouprl.train.preference as pref
+
+    real = pref.preference_loss
+
+    def nan_loss(*args, **kwargs):
+        value, m = real(*args, **kwargs)
+        return value * float("nan") if torch.is_grad_enabled() else value, m
+
+    monkeypatch.setattr(pref, "preference_loss", nan_loss)
+    cfg = config(tmp_path, pairs_file, "preference.epochs=1", "preference.eval_every=0")
+    result = train_preference(cfg, echo=lambda s: None)
+    steps = [r for r in result.metrics if "train/skipped_updates" in r]
+    assert [r["train/skipped_updates"] for r in steps] == [1.0] * 8
+    assert steps[-1]["train/skipped_updates_total"] == 8
+    assert result.success_after == 0.0  # nothing was applied: the policy is the reference

@@ -22,10 +22,11 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["TextEnv", "RESET_INFO_KEYS", "STEP_INFO_KEYS", "anchor_of"]
+__all__ = ["TextEnv", "RESET_INFO_KEYS", "STEP_INFO_KEYS", "OPTIONAL_STEP_INFO_KEYS", "anchor_of"]
 
 RESET_INFO_KEYS = ("task", "anchor", "admissible_actions")
-STEP_INFO_KEYS = ("won", "valid", "anchor", "admissible_actions", "extra")
+STEP_INFO_KEYS = ("won", "valid", "anchor", "admissible_actions")
+OPTIONAL_STEP_INFO_KEYS = ("extra",)
 
 
 @runtime_checkable

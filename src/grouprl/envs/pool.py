@@ -44,7 +44,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
 from typing import Any, NamedTuple
 
-from .base import RESET_INFO_KEYS, STEP_INFO_KEYS, anchor_of
+from .base import OPTIONAL_STEP_INFO_KEYS, RESET_INFO_KEYS, STEP_INFO_KEYS, anchor_of
 from .registry import resolve_factory
 
 __all__ = ["BACKENDS", "EnvPool", "ResetResult", "StepResult"]
@@ -272,7 +272,8 @@ def _worker_main(conn: Connection, factory: Callable[..., Any] | None, name: str
                     reply: tuple[str, Any] = ("ok", (obs, _slim(info, RESET_INFO_KEYS)))
                 else:
                     obs, reward, done, info = env.step(arg)
-                    reply = ("ok", (obs, reward, done, _slim(info, STEP_INFO_KEYS)))
+                    reply = ("ok", (obs, reward, done,
+                                    _slim(info, STEP_INFO_KEYS + OPTIONAL_STEP_INFO_KEYS)))
             except Exception as exc:
                 reply = ("error", _describe(exc))
             try:

@@ -624,8 +624,12 @@ def train_preference(cfg: TrainConfig, *, resume: bool = False,
         logp_before = info["state"].get("logp_accuracy_before")
         logger.truncate_after(start)
         echo(f"resumed from {ckpt} at step {start}")
-    elif resume:
+    elif resume:  # stopped before the first checkpoint: keep the step-0 rows (SFT, eval)
         logger.truncate_after(0)
+        done = [r for r in read_metrics(run_dir) if "eval/reward_accuracy" in r]
+        if done:
+            before = done[0]["eval/reward_accuracy"]
+            logp_before = done[0].get("eval/logp_accuracy")
     if start == 0 and before is None:
         m = run_eval()
         before, logp_before = m["eval/reward_accuracy"], m["eval/logp_accuracy"]
