@@ -308,3 +308,30 @@ def test_non_finite_loss_skips_the_step_and_is_counted(tmp_path, pairs_file, mon
     assert [r["train/skipped_updates"] for r in steps] == [1.0] * 8
     assert steps[-1]["train/skipped_updates_total"] == 8
     assert result.success_after == 0.0  # nothing was applied: the policy is the reference
+
+
+def test_a_local_model_with_a_chat_template(tmp_path, pairs_file):
+    _, tok, _ = _tiny_model_and_data()
+    tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n"
+                         "{% endfor %}[assistant] ")
+    pair = PreferencePair("What is 1 + 2?", "<answer>Y3</answer>", "<answer>N3</answer>")
+    data = tokenize_preference_pairs(tok, [pair])
+    assert tok.decode(data.prompt_ids[0]) == "[user] What is 1 + 2?\n[assistant] "
+    plain = tokenize_preference_pairs(tok, [pair], use_chat_template=False)
+    assert tok.decode(plain.prompt_ids[0]) == "What is 1 + 2?"
+    assert torch.equal(plain.chosen_ids, data.chosen_ids)
+
+    from grouprl.policy import build_tiny_policy
+
+    texts = [x for r in make_pairs(40, 3) for x in r.values()]
+    model_dir = tmp_path / "local_model"
+    build_tiny_policy(texts, vocab_size=300, seed=0, save_dir=model_dir, hidden_size=32,
+                      num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    said: list[str] = []
+    cfg = config(tmp_path, pairs_file, f"model.path={model_dir}", "preference.sft_epochs=1",
+                 "preference.epochs=1", "preference.eval_every=0",
+                 "preference.loss_options={beta: 0.5}")
+    result = train_preference(cfg, echo=said.append)
+    assert any(s.startswith("model.path is set: no SFT warm start") for s in said)
+    assert not (Path(cfg.run_dir) / "warm_start").exists()
+    assert result.success_before == 0.0 and result.success_after >= 0.8

@@ -27,7 +27,7 @@ TINY = ["model.tiny.vocab_size=300", "model.tiny.hidden_size=48", "model.tiny.nu
 # six one-digit problems, evaluated on the same problems (the test is about learning, not
 # generalisation); behaviour cloning is stopped early so RL has room to improve
 SIX = ["env.kwargs={dataset: 'builtin:arithmetic', difficulty: [1], size: 6}",
-       "eval.env_kwargs={}", "rollout.groups_per_batch=4", "rollout.group_size=8",
+       "eval.env_kwargs={split: train}", "rollout.groups_per_batch=4", "rollout.group_size=8",
        "rollout.max_new_tokens=40"]
 WARM = ["bc.episodes=12", "bc.epochs=30", "bc.batch_size=4", "bc.lr=3e-3"]
 

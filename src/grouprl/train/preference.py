@@ -32,7 +32,7 @@ The reference cache ``run_dir/reference_logprobs.safetensors`` (+ ``.json`` side
 by a SHA-256 fingerprint of (a) every tokenised tensor of every split (ids and masks, so any
 change of data, template, truncation or tokenizer shows) and (b) the reference model's identity:
 for every state-dict entry its name, dtype, shape, 4,096 strided values (exact bytes) and its
-float64 sum of squares (rounded to 9 significant digits, so the same weights match across
+float64 sum of squares (rounded to 10 significant digits, so the same weights match across
 devices). A run that is resumed, or re-run on the same data and warm start, reuses the cache;
 any other fingerprint recomputes it (and says so). Both files are written atomically.
 
@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -65,6 +65,9 @@ from grouprl.losses.preference import (
 )
 from grouprl.policy import left_pad, response_logprobs
 from grouprl.train.config import ConfigError, TrainConfig, config_to_dict
+
+if TYPE_CHECKING:
+    from grouprl.train.trainer import TrainResult
 
 __all__ = [
     "PairTensors", "tokenize_preference_pairs", "pair_logps", "batched_pair_logps",
@@ -479,6 +482,10 @@ def _setup_model(cfg: TrainConfig, run_dir: Path, pairs: Sequence[Any], logger: 
 
     m = cfg.model
     if m.path is not None:
+        if cfg.preference.sft_epochs > 0:
+            echo(f"model.path is set: no SFT warm start (preference.sft_epochs="
+                 f"{cfg.preference.sft_epochs} applies to the tiny model only); the reference "
+                 "is the model as loaded")
         model, tok = load_policy(m.path, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
         return model.to(device), tok
     warm, base = run_dir / WARM_START_DIR, run_dir / BASE_MODEL_DIR
@@ -538,7 +545,7 @@ def _lr_lambda(total: int, warmup: int, schedule: str) -> Callable[[int], float]
 # --------------------------------------------------------------------------- the recipe
 
 def train_preference(cfg: TrainConfig, *, resume: bool = False,
-                     echo: Callable[[str], None] | None = None) -> Any:
+                     echo: Callable[[str], None] | None = None) -> TrainResult:
     """Run the recipe of the module docstring; returns a ``grouprl.train.TrainResult`` whose
     ``iterations`` are optimizer steps and ``success_before`` / ``success_after`` the held-out
     reward accuracy at step 0 and at the end."""
