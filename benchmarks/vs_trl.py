@@ -224,7 +224,8 @@ def build_warm_start(out_dir: Path, tasks: Sequence[Task], *, bc_updates: int, s
     ``build_tiny_policy`` returns: transformers 5 loads a saved Qwen2-type tokenizer as
     ``Qwen2Tokenizer``, which replaces the tiny tokenizer's pre-tokenizer, so the two can
     tokenize differently. The saved tokenizer is checked to load back identically through
-    grouprl (``load_policy``) and through ``AutoTokenizer`` (what the TRL side uses).
+    grouprl (``load_policy``) and through ``AutoTokenizer`` (what the TRL side uses, which
+    tokenizes plain-text prompts with ``add_special_tokens=True``).
     """
     from transformers import AutoTokenizer
 
@@ -254,6 +255,10 @@ def build_warm_start(out_dir: Path, tasks: Sequence[Task], *, bc_updates: int, s
         if other != ids:
             raise RuntimeError(f"warm start: {name} tokenizes differently from "
                                "grouprl.policy.load_policy's tokenizer")
+    prompts = [t.prompt for t in tasks[:64]]
+    if AutoTokenizer.from_pretrained(out_dir)(prompts)["input_ids"] != _token_ids(tok, prompts):
+        raise RuntimeError("warm start: TRL's prompt tokenization (special tokens added) differs "
+                           "from grouprl's")
     eos_id = tok.convert_tokens_to_ids(EOS)
     if eos_id != tok.eos_token_id or any(i[-1] != eos_id for i in ids):
         raise RuntimeError(f"warm start: {EOS!r} is not tokenized as the EOS id")
@@ -360,10 +365,10 @@ def race_one(side: str, model_dir: Path, tasks: Sequence[Task], shape: Shape, *,
     out["wall_s"] = time.perf_counter() - t0
     rollout = (out["rollout_s"] if side == "grouprl" else
                [g + r for g, r in zip(out.get("generate_s", []), out.get("reward_s", []))])
-    if len(rollout) == len(out["step_s"]):
+    if len(rollout) == len(out["step_s"]):  # means, so that the two parts add up
         timed = range(min(warmup, steps - 1), steps)
-        out["rollout_median_s"] = statistics.median(rollout[i] for i in timed)
-        out["rest_median_s"] = statistics.median(out["step_s"][i] - rollout[i] for i in timed)
+        out["rollout_mean_s"] = statistics.mean(rollout[i] for i in timed)
+        out["rest_mean_s"] = statistics.mean(out["step_s"][i] - rollout[i] for i in timed)
     print(f"[{side:7s} {shape.label}] {out['median_s']:.3f} s/step, {out['tok_s']:,.0f} gen tok/s,"
           f" {out['tokens_per_step']:.0f} tok/step, reward "
           f"{statistics.mean(out['reward']):.2f} ({out['wall_s']:.0f}s in all)", flush=True)
@@ -397,15 +402,15 @@ def race_table(shapes: Sequence[Shape], results: dict[tuple[str, Shape], dict]) 
 
 def breakdown_table(shapes: Sequence[Shape], results: dict[tuple[str, Shape], dict]
                     ) -> list[str]:
-    lines = ["| shape | side | s/step | rollout: generation + reward | the rest: advantages, "
-             "loss, backward, optimizer |", "|---|---|---:|---:|---:|"]
+    lines = ["| shape | side | mean s/step | rollout: generation + reward | the rest: "
+             "advantages, loss, backward, optimizer |", "|---|---|---:|---:|---:|"]
     for shape in shapes:
         for side, name in (("trl", "TRL"), ("grouprl", "grouprl")):
             r = results.get((side, shape), {})
-            if "rollout_median_s" not in r:
+            if "rollout_mean_s" not in r:
                 continue
-            ro, rest = r["rollout_median_s"], r["rest_median_s"]
-            lines.append(f"| {shape.label} | {name} | {r['median_s']:.3f} | {ro:.3f} "
+            ro, rest = r["rollout_mean_s"], r["rest_mean_s"]
+            lines.append(f"| {shape.label} | {name} | {ro + rest:.3f} | {ro:.3f} "
                          f"({ro / (ro + rest):.0%}) | {rest:.3f} ({rest / (ro + rest):.0%}) |")
     return lines
 
@@ -546,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "batch = grouprl's `token-mean`), `beta=0`, `num_iterations=1`, "
         "`scale_rewards=\"group\"`, `gradient_checkpointing=False`, `use_vllm=False`.",
         "",
-        "Where a step's time goes (medians of the timed steps; TRL's rollout is the time inside "
+        "Where a step's time goes (means over the timed steps; TRL's rollout is the time inside "
         "`GRPOTrainer._generate` plus the reward function, grouprl's is `timing/rollout_s`):",
         "",
         *breakdown_table(shapes, results),

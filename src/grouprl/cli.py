@@ -137,9 +137,14 @@ def _train(args: argparse.Namespace) -> int:
         print("interrupted; resume with: grouprl train --resume " + str(cfg.run_dir),
               file=sys.stderr)
         return 130
-    summary = {"run_dir": str(result.run_dir), "iterations": result.iterations,
-               "success_before_rl": result.success_before,
-               "success_after_rl": result.success_after}
+    if cfg.mode == "preference":
+        summary = {"run_dir": str(result.run_dir), "steps": result.iterations,
+                   "heldout_reward_accuracy_before": result.success_before,
+                   "heldout_reward_accuracy_after": result.success_after}
+    else:
+        summary = {"run_dir": str(result.run_dir), "iterations": result.iterations,
+                   "success_before_rl": result.success_before,
+                   "success_after_rl": result.success_after}
     print(json.dumps(summary))
     return 0
 
@@ -151,6 +156,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_run_config(args.run_dir, args.overrides)  # eval.*, env.* … overrides
+        if cfg.mode == "preference":
+            raise ConfigError("mode: grouprl eval evaluates RL runs in their env; a preference "
+                              "run logs eval/reward_accuracy on its held-out pairs in "
+                              "metrics.jsonl (grouprl plot RUN_DIR)")
         _, model, tok, template, iteration = load_trained_policy(args.run_dir, args.checkpoint)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
