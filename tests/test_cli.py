@@ -39,3 +39,18 @@ def test_column_missing_in_some_rows(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in rows))
     with pytest.raises(ValueError, match="state: missing in row 3"):
         main(["advantages", str(path)])
+
+
+def test_eval_refuses_a_preference_run(tmp_path, capsys):
+    from grouprl.train.config import config_to_dict, load_config
+
+    cfg = load_config(None, ["mode=preference", f"run_dir={tmp_path}"])
+    (tmp_path / "config.json").write_text(json.dumps(config_to_dict(cfg)))
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "eval/reward_accuracy" in capsys.readouterr().err
+
+
+def test_default_advantages_table_skips_estimators_needing_row_tensors(capsys):
+    assert main(["advantages"]) == 0
+    out = capsys.readouterr().out
+    assert "gigpo" in out and "canon" not in out
