@@ -80,7 +80,8 @@ def trl_available() -> bool:
 
 def trl_config(output_dir: str, *, num_generations: int, prompts_per_step: int,
                max_completion_length: int, lr: float, steps: int, micro_batch: int | None = None,
-               seed: int = 0, temperature: float = 1.0, grad_clip: float = 1.0) -> Any:
+               seed: int = 0, temperature: float = 1.0, grad_clip: float = 1.0,
+               shuffle: bool = True) -> Any:
     """The ``trl.GRPOConfig`` described in the module docstring."""
     from trl import GRPOConfig
 
@@ -103,6 +104,7 @@ def trl_config(output_dir: str, *, num_generations: int, prompts_per_step: int,
         steps_per_generation=accum,
         num_iterations=1,
         max_steps=steps,
+        shuffle_dataset=shuffle,
         # loss: GRPO advantages, token-mean over all B·G completions, no KL
         loss_type="dapo",
         beta=0.0,
@@ -143,7 +145,7 @@ def run_trl(model_dir: str, prompts: Sequence[str], answers: Sequence[int], *,
             num_generations: int, prompts_per_step: int, max_completion_length: int,
             lr: float, steps: int, warmup: int = 1, micro_batch: int | None = None,
             seed: int = 0, threads: int = 2, temperature: float = 1.0,
-            grad_clip: float = 1.0,
+            grad_clip: float = 1.0, shuffle: bool = True,
             verify: Callable[[list[str], list[int]], list[bool]] | None = None
             ) -> dict[str, Any]:
     """Train the model saved in ``model_dir`` with ``trl.GRPOTrainer`` for ``steps`` steps.
@@ -154,6 +156,9 @@ def run_trl(model_dir: str, prompts: Sequence[str], answers: Sequence[int], *,
     in the reward function), TRL's own ``log_history``, and
     the medians over the steps after ``warmup``: ``median_s`` and ``tok_s`` (generated tokens /
     step time, median of the per-step ratios).
+
+    ``shuffle=False`` reads the prompts in the given order, ``prompts_per_step`` per step (pass
+    ``steps × prompts_per_step`` prompts to fix the prompts of every step).
 
     ``verify(completions, golds) -> [correct]`` scores a batch (default: :func:`is_correct`,
     the integer in the first ``<answer>…</answer>``); the reward is 1.0 when correct, else 0.0.
@@ -210,7 +215,7 @@ def run_trl(model_dir: str, prompts: Sequence[str], answers: Sequence[int], *,
         args = trl_config(out, num_generations=num_generations, prompts_per_step=prompts_per_step,
                           max_completion_length=max_completion_length, lr=lr, steps=steps,
                           micro_batch=micro_batch, seed=seed, temperature=temperature,
-                          grad_clip=grad_clip)
+                          grad_clip=grad_clip, shuffle=shuffle)
         trainer = GRPOTrainer(model=model, reward_funcs=[correctness], args=args,
                               train_dataset=dataset, processing_class=tok,
                               callbacks=[StepTimer()])

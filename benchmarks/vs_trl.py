@@ -134,10 +134,10 @@ def _env_kwargs(difficulty: Sequence[int]) -> dict[str, Any]:
     return {**GROUPRL_RECIPE["env"]["kwargs"], "difficulty": list(difficulty)}
 
 
-def _env_tasks(size: int, difficulty: Sequence[int]) -> list[Task] | None:
+def _env_tasks(size: int, difficulty: Sequence[int]) -> tuple[list[Task], int] | None:
     """Tasks rendered exactly as grouprl's reasoning rollouts render them (seeds 0..n-1, n =
     ``size`` or the env's data set size when smaller: each item once), or None while the
-    reasoning env / template is not available."""
+    reasoning env / template is not available; also the env's data set size."""
     try:
         from grouprl.agent.memory import HistoryMemory
         from grouprl.agent.prompts import template_from_config
@@ -153,7 +153,8 @@ def _env_tasks(size: int, difficulty: Sequence[int]) -> list[Task] | None:
         return None
     tasks = []
     try:
-        n = min(size, len(env)) if hasattr(env, "__len__") else size
+        env_size = len(env) if hasattr(env, "__len__") else 0
+        n = min(size, env_size) if env_size else size
         for seed in range(n):
             obs, info = env.reset(seed)
             prompt = render_prompt(template, HistoryMemory(1, 0), 0, task=info.get("task", ""),
@@ -173,18 +174,51 @@ def _env_tasks(size: int, difficulty: Sequence[int]) -> list[Task] | None:
         return None
     finally:
         env.close()
-    return tasks
+    return tasks, env_size
 
 
-def load_tasks(size: int, difficulty: Sequence[int], seed: int = 0) -> tuple[list[Task], str]:
+@dataclass(frozen=True)
+class TaskSet:
+    tasks: list[Task]
+    source: str
+    env_size: int = 0   # size of grouprl's env data set when the tasks are its items in order
+
+
+def load_tasks(size: int, difficulty: Sequence[int], seed: int = 0) -> TaskSet:
     """The training tasks both sides draw from, and where their prompts come from."""
-    env_tasks = _env_tasks(size, difficulty)
-    if env_tasks:
-        return env_tasks, f"grouprl's `{GROUPRL_RECIPE['env']['name']}` env and " \
-                          f"`{GROUPRL_RECIPE['agent']['template']}` template"
+    got = _env_tasks(size, difficulty)
+    if got:
+        return TaskSet(got[0], f"grouprl's `{GROUPRL_RECIPE['env']['name']}` env and "
+                               f"`{GROUPRL_RECIPE['agent']['template']}` template", got[1])
     examples, source = _examples(difficulty, size, seed)
-    return ([Task(STANDIN_PROMPT.format(question=q), a, s) for q, a, s in examples],
-            f"{source}, stand-in prompt format")
+    return TaskSet([Task(STANDIN_PROMPT.format(question=q), a, s) for q, a, s in examples],
+                   f"{source}, stand-in prompt format")
+
+
+def trl_prompt_order(taskset: TaskSet, prompts_per_step: int, steps: int, seed: int
+                     ) -> tuple[list[Task], bool]:
+    """TRL's data set and whether TRL should shuffle it.
+
+    When the tasks are exactly the items of grouprl's env (task ``i`` = what ``reset(i)``
+    shows), TRL gets the tasks grouprl's trainer draws at each iteration (``task_seeds``; the
+    env shows item ``seed % len``), in order, and reads them unshuffled: both sides then train
+    on the same prompts at the same step, so the learning curves differ only by sampling.
+    Otherwise all tasks, shuffled by TRL's sampler.
+    """
+    tasks = taskset.tasks
+    if taskset.env_size and taskset.env_size == len(tasks):
+        try:
+            from grouprl.train import load_config
+            from grouprl.train.trainer import task_seeds
+
+            offset = GROUPRL_RECIPE.get("eval", {}).get("seed_offset",
+                                                        load_config().eval.seed_offset)
+            order = [tasks[s % len(tasks)] for it in range(steps)
+                     for s in task_seeds(seed, it, prompts_per_step, offset)]
+            return order, False
+        except Exception:  # noqa: BLE001 - fall back to TRL's own sampling
+            pass
+    return tasks, True
 
 
 def make_verifier(difficulty: Sequence[int]) -> tuple[Any, str]:
@@ -337,7 +371,7 @@ def run_grouprl(model_dir: Path, shape: Shape, *, steps: int, warmup: int, lr: f
             **_summary(step_s, tokens, warmup)}
 
 
-def race_one(side: str, model_dir: Path, tasks: Sequence[Task], shape: Shape, *, steps: int,
+def race_one(side: str, model_dir: Path, tasks: TaskSet, shape: Shape, *, steps: int,
              warmup: int, lr: float, micro_batch: int | None, threads: int, seed: int,
              difficulty: Sequence[int], work_dir: Path, verify: Any = None) -> dict[str, Any]:
     """One side at one shape; failures are returned as ``{"error": ...}``, not raised."""
@@ -346,7 +380,9 @@ def race_one(side: str, model_dir: Path, tasks: Sequence[Task], shape: Shape, *,
     t0 = time.perf_counter()
     try:
         if side == "trl":
-            out = run_trl(str(model_dir), [t.prompt for t in tasks], [t.answer for t in tasks],
+            order, shuffle = trl_prompt_order(tasks, shape.prompts_per_step, steps, seed)
+            out = run_trl(str(model_dir), [t.prompt for t in order], [t.answer for t in order],
+                          shuffle=shuffle,
                           num_generations=shape.num_generations,
                           prompts_per_step=shape.prompts_per_step,
                           max_completion_length=shape.max_new_tokens, lr=lr, steps=steps,
@@ -363,6 +399,8 @@ def race_one(side: str, model_dir: Path, tasks: Sequence[Task], shape: Shape, *,
               file=sys.stderr, flush=True)
         return {"error": f"{type(err).__name__}: {err}"}
     out["wall_s"] = time.perf_counter() - t0
+    if side == "trl":
+        out["same_prompts_as_grouprl"] = not shuffle
     rollout = (out["rollout_s"] if side == "grouprl" else
                [g + r for g, r in zip(out.get("generate_s", []), out.get("reward_s", []))])
     if len(rollout) == len(out["step_s"]):  # means, so that the two parts add up
@@ -488,7 +526,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         tmp = tempfile.TemporaryDirectory(prefix="vs_trl_")
         work = Path(tmp.name)
     try:
-        tasks, source = load_tasks(args.tasks, args.difficulty, args.seed)
+        taskset = load_tasks(args.tasks, args.difficulty, args.seed)
+        tasks, source = taskset.tasks, taskset.source
         verify, verifier = make_verifier(args.difficulty)
         model_dir = work / "warm_start"
         stamp = {"tasks": [[t.prompt, t.answer, t.solution] for t in tasks],
@@ -513,17 +552,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results: dict[tuple[str, Shape], dict] = {}
         for shape in shapes:
             for side in sides:
-                results[(side, shape)] = race_one(side, model_dir, tasks, shape, steps=steps,
-                                                  **kw)
+                results[(side, shape)] = race_one(side, model_dir, taskset, shape,
+                                                  steps=steps, **kw)
         curve: dict[str, dict] = {}
         if curve_steps:
             for side in sides:
-                curve[side] = race_one(side, model_dir, tasks, curve_shape, steps=curve_steps,
-                                       **kw)
+                curve[side] = race_one(side, model_dir, taskset, curve_shape,
+                                       steps=curve_steps, **kw)
     finally:
         if tmp is not None:
             tmp.cleanup()
 
+    aligned = [r.get("same_prompts_as_grouprl") for (side, _), r in results.items()
+               if side == "trl" and "error" not in r]
+    prompt_note = ("the same prompts at every step: TRL reads, unshuffled, the tasks grouprl's "
+                   "trainer draws" if aligned and all(aligned) else
+                   "prompts drawn independently by each trainer")
     micro_note = ("one forward/backward over all B·G rows" if args.micro_batch is None
                   else f"micro-batches of {args.micro_batch} rows")
     lines = [
@@ -533,7 +577,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"updates: {warm.get('warm_start_accuracy', float('nan')):.0%} correct at temperature "
         f"1 on 128 training prompts), same tasks ({len(tasks)} from {source}; prompts "
         f"{warm['prompt_tokens_mean']:.0f} tokens, expert solutions "
-        f"{warm['solution_tokens_mean']:.0f} tokens on average), same reward ({verifier}), "
+        f"{warm['solution_tokens_mean']:.0f} tokens on average; {prompt_note}), same reward "
+        f"({verifier}), "
         f"temperature 1, stop at EOS, GRPO advantages, token-mean loss over the B·G completions, "
         f"no KL, AdamW lr {args.lr:g}, grad clip 1.0, {micro_note}. CPU, "
         f"{args.threads} threads, float32, {time.strftime('%Y-%m-%d')}. Median of steps "

@@ -29,7 +29,7 @@ def vs_trl():
 def test_race_runs_both_sides_and_writes_its_section(vs_trl, tmp_path):
     doc = tmp_path / "benchmarks.md"
     out = vs_trl.main(["--shapes", "2x2x16", "--steps", "2", "--warmup", "1",
-                       "--curve-steps", "0", "--bc-updates", "1", "--tasks", "16",
+                       "--curve-steps", "0", "--bc-updates", "1",
                        "--work-dir", str(tmp_path / "work"), "--write", "--output", str(doc)])
     for side in ("trl", "grouprl"):
         r = out["race"][f"{side} B=2 G=2 T=16"]
@@ -39,6 +39,8 @@ def test_race_runs_both_sides_and_writes_its_section(vs_trl, tmp_path):
         assert all(0 < t <= 2 * 2 * 16 for t in r["tokens"])  # B·G completions of <= T tokens
         assert all(0.0 <= x <= 1.0 for x in r["reward"])
         assert 0 < r["rollout_mean_s"] and 0 < r["rest_mean_s"]
+    # grouprl's reasoning env is there: TRL reads the prompts grouprl draws, in order
+    assert out["race"]["trl B=2 G=2 T=16"]["same_prompts_as_grouprl"]
     text = doc.read_text()
     assert "<!-- vs_trl:start -->" in text and "<!-- vs_trl:end -->" in text
     assert "Speed race vs TRL GRPOTrainer" in text and "| B=2 G=2 T=16 |" in text
