@@ -125,18 +125,23 @@ def factorize(values: Column, name: str = "column") -> tuple[torch.Tensor, int]:
     return torch.tensor(codes_list, dtype=torch.int64), len(table)
 
 
+def as_boolean(t: torch.Tensor, name: str) -> torch.Tensor:
+    """``t`` as a bool tensor; a non-bool tensor must hold only 0/1 (the error names the row)."""
+    if t.dtype != torch.bool:
+        bad = (t != 0) & (t != 1)
+        if bool(bad.any()):
+            row = int(torch.nonzero(bad)[0, 0])
+            raise ValueError(f"{name}: must be boolean (0/1); row {row} holds {t[row].item()}")
+    return t.to(torch.bool)
+
+
 def _as_tensor(values: Column, name: str, dtype: torch.dtype) -> torch.Tensor:
     try:
         t = torch.as_tensor(values) if not isinstance(values, torch.Tensor) else values
     except (TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"{name}: cannot convert to a {dtype} tensor ({err})") from None
     if dtype == torch.bool:
-        if t.dtype != torch.bool:
-            bad = (t != 0) & (t != 1)
-            if bool(bad.any()):
-                row = int(torch.nonzero(bad)[0, 0])
-                raise ValueError(f"{name}: must be boolean (0/1); row {row} holds {t[row].item()}")
-        return t.detach().cpu().to(torch.bool).reshape(t.shape)
+        return as_boolean(t, name).detach().cpu().reshape(t.shape)
     if dtype == torch.int64 and t.is_floating_point():
         bad = t != torch.round(t)
         if bool(bad.any()):

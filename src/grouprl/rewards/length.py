@@ -21,6 +21,7 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
+from grouprl.batch import as_boolean
 from grouprl.advantages.segments import segment_stats, segment_sum
 
 __all__ = [
@@ -50,12 +51,7 @@ def _vec(name: str, values: object, dtype: torch.dtype, n: int | None = None,
         raise ValueError(f"{name}: has {t.numel()} rows but {ref} has {n}; pass one value per "
                          "response")
     if dtype == torch.bool:
-        if t.dtype != torch.bool:
-            bad = (t != 0) & (t != 1)
-            if bool(bad.any()):
-                row = int(torch.nonzero(bad)[0, 0])
-                raise ValueError(f"{name}: must be boolean (0/1); row {row} holds {t[row].item()}")
-        return t.to(torch.bool)
+        return as_boolean(t, name)
     if dtype == torch.int64:
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"{name}: must hold integer group ids, got {t.dtype}; cast with "
