@@ -21,8 +21,8 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
-from grouprl.batch import as_boolean
 from grouprl.advantages.segments import segment_stats, segment_sum
+from grouprl.batch import as_boolean
 
 __all__ = [
     "HapoHistory", "da_dler_reward", "dler_reward", "dot_truncation_lengths",
