@@ -453,15 +453,23 @@ def breakdown_table(shapes: Sequence[Shape], results: dict[tuple[str, Shape], di
     return lines
 
 
-def curve_table(trl: dict, grp: dict, window: int = 5) -> list[str]:
+def curve_table(trl: dict, grp: dict, rows_per_step: int, window: int = 5) -> list[str]:
+    """Mean reward and mean completion length per window of ``window`` steps, both sides."""
+    def cell(values: list[float], start: int, stop: int, spec: str, scale: float = 1.0) -> str:
+        part = values[start:stop]
+        return _fmt(statistics.mean(part) / scale if part else None, spec)
+
     tr, gr = trl.get("reward", []), grp.get("reward", [])
+    tt, gt = trl.get("tokens", []), grp.get("tokens", [])
     n = max(len(tr), len(gr))
-    lines = ["| steps | TRL mean reward | grouprl mean reward |", "|---|---:|---:|"]
+    lines = ["| steps | TRL mean reward | grouprl mean reward | TRL tokens/completion | "
+             "grouprl tokens/completion |", "|---|---:|---:|---:|---:|"]
     for start in range(0, n, window):
         stop = min(start + window, n)
-        tw, gw = tr[start:stop], gr[start:stop]
-        lines.append(f"| {start + 1}–{stop} | {_fmt(statistics.mean(tw) if tw else None, '.3f')}"
-                     f" | {_fmt(statistics.mean(gw) if gw else None, '.3f')} |")
+        lines.append(f"| {start + 1}–{stop} | {cell(tr, start, stop, '.3f')} | "
+                     f"{cell(gr, start, stop, '.3f')} | "
+                     f"{cell(tt, start, stop, '.1f', rows_per_step)} | "
+                     f"{cell(gt, start, stop, '.1f', rows_per_step)} |")
     for name, r in (("TRL", trl), ("grouprl", grp)):
         if "error" in r:
             lines.append(f"\n{name} curve run failed: `{r['error']}`")
@@ -478,12 +486,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=None, help="steps left out of the "
                         "medians (default 2; quick 1)")
     parser.add_argument("--curve-steps", type=int, default=None, help="learning-curve steps "
-                        "(default 30; quick 6; 0 = no curve)")
+                        "(default 40; quick 6; 0 = no curve)")
     parser.add_argument("--curve-shape", type=Shape.parse, default=None,
-                        help="shape of the learning-curve run (default 4x8x64: room for the "
+                        help="shape of the learning-curve run (default 8x8x64: room for the "
                         "longest expert solution; quick or --shapes: the first shape)")
     parser.add_argument("--sides", default="trl,grouprl", help="comma list: trl, grouprl")
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate of both "
+                        "sides (default 2e-4; 5e-4 and up collapse the tiny policy on both)")
     parser.add_argument("--micro-batch", type=int, default=None,
                         help="rows per forward/backward on both sides (default B·G)")
     parser.add_argument("--difficulty", type=int, nargs="+", default=[1])
@@ -505,8 +514,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                              else [Shape(4, 8, 32), Shape(8, 8, 64)])
     steps = args.steps or (3 if q else 8)
     warmup = args.warmup if args.warmup is not None else (1 if q else 2)
-    curve_steps = args.curve_steps if args.curve_steps is not None else (6 if q else 30)
-    curve_shape = args.curve_shape or (shapes[0] if q or args.shapes else Shape(4, 8, 64))
+    curve_steps = args.curve_steps if args.curve_steps is not None else (6 if q else 40)
+    curve_shape = args.curve_shape or (shapes[0] if q or args.shapes else Shape(8, 8, 64))
     bc_updates = args.bc_updates or (40 if q else 150)
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     for s in sides:
@@ -602,9 +611,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         *breakdown_table(shapes, results),
     ]
     if curve:
-        lines += ["", f"Learning curve at {curve_shape.label} (mean reward = rate of correct "
-                  f"answers among the step's completions, {curve_steps} steps, windows of 5):",
-                  "", *curve_table(curve.get("trl", {}), curve.get("grouprl", {}))]
+        lines += ["", f"Learning curve at {curve_shape.label}, lr {args.lr:g} (mean reward = "
+                  f"rate of correct answers among the step's completions, and mean completion "
+                  f"length, {curve_steps} steps, windows of 5):",
+                  "", *curve_table(curve.get("trl", {}), curve.get("grouprl", {}),
+                                   curve_shape.prompts_per_step * curve_shape.num_generations)]
     text = "\n".join(lines)
     print("\n" + text)
     if args.write:

@@ -53,8 +53,11 @@ def test_tables(vs_trl):
     race = "\n".join(vs_trl.race_table([shape], results))
     assert "| B=4 G=8 T=32 | 2.000 | — | — | 300 | — | — | 600 / — |" in race
     assert "grouprl at B=4 G=8 T=32: `ConfigError: nope`" in race
-    curve = vs_trl.curve_table({"reward": [0.0, 0.5, 1.0]}, {"reward": [0.25] * 7}, window=5)
-    assert "| 1–5 | 0.500 | 0.250 |" in curve and "| 6–7 | — | 0.250 |" in curve
+    curve = "\n".join(vs_trl.curve_table(
+        {"reward": [0.0, 0.5, 1.0], "tokens": [40.0, 40.0, 100.0]},
+        {"reward": [0.25] * 7, "tokens": [20.0] * 7}, rows_per_step=4, window=5))
+    assert "| 1–5 | 0.500 | 0.250 | 15.0 | 5.0 |" in curve
+    assert "| 6–7 | — | 0.250 | — | 5.0 |" in curve
 
 
 def test_trl_config_gives_one_optimizer_step_per_generation(vs_trl, tmp_path):

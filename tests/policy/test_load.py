@@ -148,3 +148,20 @@ def test_generation_and_teacher_forcing_agree_through_lora_and_its_base(saved):
     with torch.no_grad():
         torch.testing.assert_close(ref_logp, response_logprobs(plain, *args)[0])
     assert not torch.allclose(ref_logp, logp.detach(), atol=1e-3)
+
+
+def test_saved_tiny_tokenizer_reloads_with_identical_ids(tmp_path):
+    # transformers maps a qwen2 directory to Qwen2Tokenizer, whose own pre-tokenizer changes the
+    # ids of grouprl's tiny BPE; load_policy must load the saved tokenizer as it was saved
+    from grouprl.policy import build_tiny_policy, load_policy
+
+    texts = ["<think>47+38: 7+8=15, write 5 carry 1. So 85. Check: 85-38=47. Yes.</think>"
+             "<answer>85</answer>", "What is 47 + 38?",
+             "Tom has 12 apples and gives 5 to Ann. How many apples does Tom have now?"] * 20
+    _, tok = build_tiny_policy(texts, vocab_size=300, special_tokens=("<think>", "</think>"),
+                               isolate_chars="0123456789", save_dir=tmp_path, hidden_size=32,
+                               num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    _, loaded = load_policy(tmp_path)
+    for text in texts[:3]:
+        assert loaded(text)["input_ids"] == tok(text)["input_ids"]
+    assert loaded.padding_side == "left" and loaded.pad_token_id == tok.pad_token_id

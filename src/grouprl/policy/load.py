@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -169,6 +169,32 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
+_GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _load_tokenizer(directory: Path, auto: Any, common: dict) -> Any:
+    """The directory's tokenizer exactly as saved.
+
+    A tokenizer saved as a plain ``tokenizers`` backend (grouprl's tiny BPE) must be loaded as
+    such: ``AutoTokenizer`` maps a ``qwen2`` model directory to ``Qwen2Tokenizer`` (transformers
+    ≥ 5), which swaps in Qwen2's own pre-tokenizer and silently changes the token ids of a
+    reloaded warm start or checkpoint.
+    """
+    import json
+
+    config = directory / "tokenizer_config.json"
+    if config.is_file() and (directory / "tokenizer.json").is_file():
+        try:
+            cls = json.loads(config.read_text()).get("tokenizer_class")
+        except (OSError, ValueError):
+            cls = None
+        if cls in _GENERIC_TOKENIZER_CLASSES:
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(directory, **common)
+    return auto.from_pretrained(directory, **common)
+
+
 def load_policy(path: str | Path, *, dtype: str | torch.dtype = "float32",
                 trust_remote_code: bool = False, lora: LoraOptions | None = None,
                 device: str | torch.device = "cpu"
@@ -199,7 +225,7 @@ def load_policy(path: str | Path, *, dtype: str | torch.dtype = "float32",
     if trust_remote_code not in (True, False):
         raise ValueError(f"trust_remote_code: expected True or False, got {trust_remote_code!r}")
     common = {"local_files_only": True, "trust_remote_code": trust_remote_code}
-    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(directory, **common))
+    tokenizer = prepare_tokenizer(_load_tokenizer(directory, AutoTokenizer, common))
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype,
                                                      attn_implementation="sdpa", **common)
