@@ -8,6 +8,7 @@
 
 from grouprl.batch import RolloutBatch, state_ids
 
+from .diagnostics import grouping_stats
 from .registry import (
                        available_estimators,
                        compute_advantages,
@@ -17,4 +18,5 @@ from .registry import (
 from .returns import broadcast_to_tokens, discounted_returns
 
 __all__ = ["RolloutBatch", "available_estimators", "broadcast_to_tokens", "compute_advantages",
-           "discounted_returns", "estimator_options", "register_estimator", "state_ids"]
+           "discounted_returns", "estimator_options", "grouping_stats", "register_estimator",
+           "state_ids"]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grouprl.advantages import compute_advantages
+from grouprl.advantages import compute_advantages, grouping_stats
 from grouprl.advantages.segments import segment_stats
 from grouprl.agent.prompts import PromptTemplate, template_from_config
 from grouprl.agent.rollout import Rollout, collect_rollouts, concat_rollouts, select_groups
@@ -712,7 +712,11 @@ def _iteration(cfg: TrainConfig, it: int, model: torch.nn.Module, ref_model: Any
     out.update(upd)
     out["train/advantage_mean"] = float(adv.mean()) if adv.numel() else 0.0
     out["train/advantage_abs"] = float(adv.abs().mean()) if adv.numel() else 0.0
+    out["train/advantage_nonzero"] = float((adv != 0).double().mean()) if adv.numel() else 0.0
     out["train/response_tokens"] = float(rollout.response_mask.sum())
+    if rollout.batch.state is not None:   # how often states repeat (step-level credit's premise)
+        depth = _estimator_options(cfg).get("history_length", cfg.agent.history_length)
+        out.update({f"group/{k}": v for k, v in grouping_stats(rollout.batch, depth).items()})
     out.update({"timing/rollout_s": t1 - t0, "timing/advantage_s": t2 - t1,
                 "timing/update_s": t3 - t2, "timing/iteration_s": t3 - t0})
     return out
