@@ -5,7 +5,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.grouprl-installed
 
-.PHONY: install test run demo bench lint clean
+.PHONY: install test run demo bench fidelity lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/advantages.py
 	$(BIN)/python benchmarks/losses.py
 	$(BIN)/python benchmarks/rollout.py
+
+# GRPO vs GiGPO vs HGPO (K=2, 4) vs GraphGPO, 3 seeds, Sokoban + TextWorldExpress coin (~90 min
+# on 2 CPU cores; resumable); writes docs/results.md and docs/results/*.png.
+fidelity: $(STAMP)
+	$(BIN)/python benchmarks/fidelity.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -274,22 +274,32 @@ def run_study(out: Path, envs: list[str], methods: list[str], seeds: int, worker
     done = sum((Path(j.run_dir) / "summary.json").is_file() for j in jobs)
     print(f"fidelity study: {len(jobs)} RL runs ({done} cached) + {len(warm_jobs)} warm starts "
           f"→ {out}", flush=True)
-    ctx = _spawn()
     summaries: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    t0 = time.perf_counter()
+
+    def report(n: int, j: Job, s: dict[str, Any]) -> None:
+        summaries.append(s)
+        print(f"  [{n}/{len(jobs)}] {j.env} {j.method} seed {j.seed}: success "
+              f"{s['success_before']:.1%} → {s['success_final']:.1%}, "
+              f"{s['env_steps']:.0f} env steps, {s['wall_s'] / 60:.1f} min "
+              f"(study {(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
+
+    def warm(env: str, s: dict[str, Any]) -> None:
+        print(f"  warm start {env}: held-out success {s['success_before']:.1%}", flush=True)
+
+    if workers == 1:   # in this process (one GPU, or a debugger)
+        for env, j in warm_jobs.items():
+            warm(env, run_job(j))
+        for n, j in enumerate(jobs, 1):
+            report(n, j, run_job(j))
+        return summaries
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_spawn()) as pool:
         # warm starts first (one per env, in parallel), then every RL run
         for env, s in zip(warm_jobs, pool.map(run_job, warm_jobs.values())):
-            print(f"  warm start {env}: held-out success {s['success_before']:.1%}", flush=True)
-        t0 = time.perf_counter()
+            warm(env, s)
         futures = {pool.submit(run_job, j): j for j in jobs}
         for n, fut in enumerate(as_completed(futures), 1):
-            j = futures[fut]
-            s = fut.result()
-            summaries.append(s)
-            print(f"  [{n}/{len(jobs)}] {j.env} {j.method} seed {j.seed}: success "
-                  f"{s['success_before']:.1%} → {s['success_final']:.1%}, "
-                  f"{s['env_steps']:.0f} env steps, {s['wall_s'] / 60:.1f} min "
-                  f"(study {(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
+            report(n, futures[fut], fut.result())
     return summaries
 
 
