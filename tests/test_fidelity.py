@@ -76,6 +76,7 @@ def test_discussion_separates_clear_gaps_from_noise(fidelity):
     assert "GraphGPO trails GiGPO" in text
     assert "Ranking by final success: GiGPO 51.0 > GraphGPO 32.0 > GRPO 31.0" in text
     assert "shares its anchor state with 2.0 other steps" in text
+    assert "varies by ± 3.0 points (evaluation alone)" in text
 
 
 def test_missing_extra_is_skipped_with_the_reason(fidelity, monkeypatch):
