@@ -8,21 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from benchmark_module import benchmark_module
+
 torch = pytest.importorskip("torch")
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture
 def fidelity():
-    sys.path.insert(0, str(BENCH))
-    threads = torch.get_num_threads()
-    try:
-        import fidelity
-
-        yield fidelity
-    finally:
-        torch.set_num_threads(threads)
-        sys.path.remove(str(BENCH))
+    with benchmark_module("fidelity") as module:
+        yield module
 
 
 def _strip(cfg: dict) -> dict:

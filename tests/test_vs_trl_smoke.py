@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+
+from benchmark_module import benchmark_module
 
 pytest.importorskip("trl")
 torch = pytest.importorskip("torch")
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture
 def vs_trl():
-    sys.path.insert(0, str(BENCH))
-    threads = torch.get_num_threads()
-    try:
-        import vs_trl
-
-        yield vs_trl
-    finally:
-        torch.set_num_threads(threads)
-        sys.path.remove(str(BENCH))
+    with benchmark_module("vs_trl") as module:
+        yield module
 
 
 def test_race_runs_both_sides_and_writes_its_section(vs_trl, tmp_path):
