@@ -96,6 +96,8 @@ ENVS: dict[str, EnvStudy] = {
         requires=("textworld_express",)),
 }
 BC_SEED = 0
+RL_ONLY_KEYS = ("optim", "algorithm", "iterations", "rollout", "save_every")
+"""Overrides that cannot change the warm start: an lr or budget sweep reuses its checkpoint."""
 
 
 # ------------------------------------------------------------------------------------ configs
@@ -133,7 +135,8 @@ def _hash_key(data: dict[str, Any]) -> dict[str, Any]:
 
 def warm_start_config(study: EnvStudy, user: dict[str, Any]) -> dict[str, Any]:
     """BC only: the base recipe with 0 RL iterations (estimator irrelevant, fixed to grpo)."""
-    return _config_dict(study, _merge(user, {"seed": BC_SEED, "iterations": 0}), "grpo")
+    bc_user = {k: v for k, v in user.items() if k not in RL_ONLY_KEYS}
+    return _config_dict(study, _merge(bc_user, {"seed": BC_SEED, "iterations": 0}), "grpo")
 
 
 @dataclass
@@ -425,7 +428,7 @@ def discussion(env: str, methods: dict[str, dict[str, Any]], eval_noise: float) 
 def write_report(out: Path, summaries: list[dict[str, Any]], skipped: dict[str, str],
                  doc: Path, total_wall_min: float | None) -> None:
     agg = aggregate(summaries)
-    figdir = doc.parent / "results"
+    figdir = doc.parent / doc.stem          # docs/results.md → docs/results/*.png
     lines = [
         "# Fidelity study: GiGPO, HGPO and GraphGPO against GRPO in grouprl",
         "",
@@ -435,6 +438,13 @@ def write_report(out: Path, summaries: list[dict[str, Any]], skipped: dict[str, 
         "default options) differs. Loss: PPO-clip ε = 0.2, 2 mini-batches, entropy 0.001, "
         "no KL; tiny Qwen2-architecture policy (128 hidden, 4 layers, 0.85M parameters) on "
         "2 CPU cores, one torch thread per run, two runs at a time.",
+        "",
+        "Protocol notes: every run's prompt shows the last 2 steps (`agent.history_length: 2`, "
+        "verl-agent's default, the memory the warm start was cloned with); HGPO K=2 groups by "
+        "exactly that context, HGPO K=4 by 4 previous states (stricter than the prompt; the "
+        "paper's K=4 also lengthens the prompt, which would need a second warm start). The "
+        "papers' figures come from larger models on other benchmarks (6×6 Sokoban with a 3B "
+        "vision-language model, ALFWorld with 1.5B): compare orderings and gaps, not values.",
         "",
     ]
     for env, reason in skipped.items():
@@ -498,7 +508,7 @@ def write_report(out: Path, summaries: list[dict[str, Any]], skipped: dict[str, 
         lines += [f"Study wall time on this machine: {total_wall_min:.0f} min.", ""]
     lines += [SCALING, ""]
     body = "\n".join(lines)
-    extra = doc.parent / "results_discussion.md"
+    extra = doc.parent / f"{doc.stem}_discussion.md"
     if extra.is_file():   # the hand-written reading of these numbers, kept beside the table
         body += "\n" + extra.read_text()
     doc.write_text(body)

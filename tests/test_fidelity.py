@@ -50,6 +50,11 @@ def test_plan_shares_one_warm_start_and_changes_only_the_estimator(fidelity, tmp
     assert all(j.config["iterations"] == 3 for j in scaled)
     assert warm2["sokoban"].run_dir == warm["sokoban"].run_dir          # BC unaffected
     assert not {j.run_dir for j in scaled} & {j.run_dir for j in jobs}
+    lr, warm3 = fidelity.plan(tmp_path, ["sokoban"], ["grpo"], 1, {"optim": {"lr": 1e-3}})
+    assert warm3["sokoban"].run_dir == warm["sokoban"].run_dir          # an lr sweep reuses BC
+    assert lr[0].config["optim"]["lr"] == 1e-3 and lr[0].run_dir != jobs[0].run_dir
+    _, warm4 = fidelity.plan(tmp_path, ["sokoban"], ["grpo"], 1, {"bc": {"episodes": 5}})
+    assert warm4["sokoban"].run_dir != warm["sokoban"].run_dir          # a BC change does not
 
 
 def _agg(final: list[float], auc: list[float]) -> dict:
