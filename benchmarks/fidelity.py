@@ -211,6 +211,21 @@ def run_job(job: Job) -> dict[str, Any]:
     return summary
 
 
+def run_job_retrying(job: Job, attempts: int = 2) -> dict[str, Any]:
+    """:func:`run_job`, resumed from its last checkpoint after a crash (e.g. a JVM that failed
+    to start); after ``attempts`` failures the run is reported as failed and the study goes on
+    (it has no summary, so the next invocation tries it again)."""
+    error = ""
+    for _ in range(attempts):
+        try:
+            return run_job(job)
+        except Exception as exc:  # noqa: BLE001 - one run must not end the study
+            error = f"{type(exc).__name__}: {exc}"
+            print(f"  {job.env} {job.method} seed {job.seed} failed ({error}); retrying",
+                  file=sys.stderr, flush=True)
+    return {"error": error}
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
@@ -281,6 +296,10 @@ def run_study(out: Path, envs: list[str], methods: list[str], seeds: int, worker
     t0 = time.perf_counter()
 
     def report(n: int, j: Job, s: dict[str, Any]) -> None:
+        if "error" in s:
+            print(f"  [{n}/{len(jobs)}] {j.env} {j.method} seed {j.seed}: FAILED ({s['error']}); "
+                  "rerun the study to retry it", flush=True)
+            return
         summaries.append(s)
         print(f"  [{n}/{len(jobs)}] {j.env} {j.method} seed {j.seed}: success "
               f"{s['success_before']:.1%} → {s['success_final']:.1%}, "
@@ -294,13 +313,13 @@ def run_study(out: Path, envs: list[str], methods: list[str], seeds: int, worker
         for env, j in warm_jobs.items():
             warm(env, run_job(j))
         for n, j in enumerate(jobs, 1):
-            report(n, j, run_job(j))
+            report(n, j, run_job_retrying(j))
         return summaries
     with ProcessPoolExecutor(max_workers=workers, mp_context=_spawn()) as pool:
         # warm starts first (one per env, in parallel), then every RL run
         for env, s in zip(warm_jobs, pool.map(run_job, warm_jobs.values())):
             warm(env, s)
-        futures = {pool.submit(run_job, j): j for j in jobs}
+        futures = {pool.submit(run_job_retrying, j): j for j in jobs}
         for n, fut in enumerate(as_completed(futures), 1):
             report(n, futures[fut], fut.result())
     return summaries
@@ -426,7 +445,7 @@ def discussion(env: str, methods: dict[str, dict[str, Any]], eval_noise: float) 
 
 
 def write_report(out: Path, summaries: list[dict[str, Any]], skipped: dict[str, str],
-                 doc: Path, total_wall_min: float | None) -> None:
+                 doc: Path) -> None:
     agg = aggregate(summaries)
     figdir = doc.parent / doc.stem          # docs/results.md → docs/results/*.png
     lines = [
@@ -504,8 +523,10 @@ def write_report(out: Path, summaries: list[dict[str, Any]], skipped: dict[str, 
         lines += ["", "What the numbers say:", ""]
         lines += [f"- {s}" for s in discussion(env, methods, noise)]
         lines.append("")
-    if total_wall_min is not None:
-        lines += [f"Study wall time on this machine: {total_wall_min:.0f} min.", ""]
+    run_min = sum(s["wall_s"] for s in summaries) / 60
+    lines += [f"Compute: {len(summaries)} runs, {run_min:.0f} min of run wall time in total "
+              f"(≈ {run_min / 2:.0f} min with two at a time), plus one warm start per "
+              "environment.", ""]
     lines += [SCALING, ""]
     body = "\n".join(lines)
     extra = doc.parent / f"{doc.stem}_discussion.md"
@@ -576,7 +597,6 @@ def main(argv: list[str] | None = None) -> int:
     envs = [e for e in envs if e not in skipped]
     for e, why in skipped.items():
         print(f"skipping {e}: {why}", file=sys.stderr)
-    t0 = time.perf_counter()
     if args.report_only:
         jobs, _ = plan(out, envs, methods, args.seeds, user)
         summaries = [json.loads((Path(j.run_dir) / "summary.json").read_text()) for j in jobs
@@ -585,17 +605,12 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             print(f"{missing} runs have no summary yet; reporting the finished ones",
                   file=sys.stderr)
-        total = None
     else:
         summaries = run_study(out, envs, methods, args.seeds, args.workers, user)
-        total = (time.perf_counter() - t0) / 60
-        _write_json(out / "last_study.json", {"wall_min": total, "runs": len(summaries)})
     if not summaries:
         print("no finished runs to report", file=sys.stderr)
         return 1
-    if total is None and (out / "last_study.json").is_file():
-        total = json.loads((out / "last_study.json").read_text())["wall_min"]
-    write_report(out, summaries, skipped, doc, total)
+    write_report(out, summaries, skipped, doc)
     print(f"wrote {doc}")
     return 0
 

@@ -121,3 +121,23 @@ def test_tiny_study_end_to_end_is_cached_and_resumable(fidelity, tmp_path, capsy
     resumed = json.loads(summaries[1].read_text())
     assert resumed["resumed"] is True and [c[0] for c in resumed["curve"]] == [0, 1]
     assert fidelity.main(args + ["--report-only"]) == 0
+
+
+def test_a_crashing_run_is_retried_then_reported_without_ending_the_study(fidelity,
+                                                                         monkeypatch):
+    calls = []
+
+    def flaky(job):
+        calls.append(job)
+        if len(calls) == 1:
+            raise RuntimeError("env 0: construction failed")
+        return {"ok": True}
+
+    monkeypatch.setattr(fidelity, "run_job", flaky)
+    assert fidelity.run_job_retrying("job") == {"ok": True} and len(calls) == 2
+
+    def broken(job):
+        raise RuntimeError("JVM did not start")
+
+    monkeypatch.setattr(fidelity, "run_job", broken)
+    assert fidelity.run_job_retrying("job") == {"error": "RuntimeError: JVM did not start"}

@@ -131,3 +131,15 @@ def test_close_jvm_env_waits_for_the_process() -> None:
     close_jvm_env(env)
     assert env._gateway.java_process.returncode == 0
     assert env._gateway.java_process.stdin.closed
+
+
+def test_quiet_jvm_launch_adds_the_option_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from grouprl.envs.optional import JVM_QUIET_OPTION, quiet_jvm_launch
+
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Xmx512m")
+    quiet_jvm_launch()
+    quiet_jvm_launch()
+    assert os.environ["JAVA_TOOL_OPTIONS"] == f"-Xmx512m {JVM_QUIET_OPTION}"
+    monkeypatch.delenv("JAVA_TOOL_OPTIONS")
+    quiet_jvm_launch()
+    assert os.environ["JAVA_TOOL_OPTIONS"] == JVM_QUIET_OPTION

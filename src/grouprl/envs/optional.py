@@ -10,6 +10,7 @@ one clear line instead of a py4j traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import shutil
 import subprocess
@@ -108,6 +109,24 @@ def require_java(package: str) -> None:
         raise JavaMissingError(
             f"{package} needs Java (a JRE ≥ {MIN_JAVA_VERSION}) on PATH: found Java {major} "
             f"at {java}")
+    quiet_jvm_launch()
+
+
+JVM_QUIET_OPTION = "-XX:-UsePerfData"
+
+
+def quiet_jvm_launch() -> None:
+    """Add ``-XX:-UsePerfData`` to ``JAVA_TOOL_OPTIONS`` for the JVMs this process launches.
+
+    py4j reads the gateway's port from the first line the JVM prints on stdout. With many JVMs
+    starting at once, HotSpot can print a warning there first ("Cannot use file
+    /tmp/hsperfdata_root/N because it is locked by another process"), and py4j's ``int()`` of
+    that line fails the env's construction. Without perf data no such file is used. The JVM's
+    "Picked up JAVA_TOOL_OPTIONS" notice goes to stderr, which py4j discards.
+    """
+    current = os.environ.get("JAVA_TOOL_OPTIONS", "")
+    if JVM_QUIET_OPTION not in current.split():
+        os.environ["JAVA_TOOL_OPTIONS"] = f"{current} {JVM_QUIET_OPTION}".strip()
 
 
 def close_jvm_env(env: Any, timeout: float = 10.0) -> None:
