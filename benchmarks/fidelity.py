@@ -226,8 +226,21 @@ def run_job_retrying(job: Job, attempts: int = 2) -> dict[str, Any]:
     return {"error": error}
 
 
-def _mean(values: list[float]) -> float:
+def _mean(values: list[Any], nested: bool = False) -> float:
+    if nested:
+        values = [v for part in values for v in part]
     return sum(values) / len(values) if values else float("nan")
+
+
+def _train_series(summary: dict[str, Any], key: str) -> list[float]:
+    """One training metric per iteration, read back from the run's metrics.jsonl."""
+    from grouprl.train.metrics import read_metrics
+
+    path = Path(summary["run_dir"])
+    if not (path / "metrics.jsonl").is_file():
+        return []
+    return [float(r[key]) for r in read_metrics(path)
+            if r.get("train/rows") is not None and r.get(key) is not None]
 
 
 def summarize(job: Job, rows: list[dict], wall_s: float, resumed: bool) -> dict[str, Any]:
@@ -365,6 +378,10 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
                 grad_norm=_mean([r["grad_norm"] for r in runs]),
                 entropy_first=_mean([r["entropy_first"] for r in runs]),
                 entropy_last=_mean([r["entropy_last"] for r in runs]),
+                invalid_first=_mean([_train_series(r, "train/invalid_rate")[:2] for r in runs],
+                                    nested=True),
+                invalid_last=_mean([_train_series(r, "train/invalid_rate")[-2:] for r in runs],
+                                   nested=True),
                 lr=runs[0]["lr"])
     return out
 
@@ -439,8 +456,11 @@ def discussion(env: str, methods: dict[str, dict[str, Any]], eval_noise: float) 
     spread = _mean([a["final_std"] for a in methods.values() if a["seeds"] > 1])
     lines.append(f"Noise: the shared warm start evaluated with each seed's sampling varies by "
                  f"± {eval_noise:.1f} points (evaluation alone), while final success varies by "
-                 f"± {spread:.1f} points between seeds of one method (mean seed std): training "
-                 f"variance, not evaluation, limits what 3 seeds can separate.")
+                 f"± {spread:.1f} points between seeds of one method (mean seed std): "
+                 + ("training variance, more than evaluation, limits what the seeds can "
+                    "separate." if spread >= eval_noise else
+                    "evaluation noise alone is as large as the differences between seeds; more "
+                    "held-out episodes (eval.episodes) would sharpen the comparison."))
     return lines
 
 
@@ -499,13 +519,14 @@ def write_report(out: Path, summaries: list[dict[str, Any]], skipped: dict[str, 
                 f"{a['env_steps']:.0f} | {a['wall_min']:.1f} | {study.papers.get(m, '—')} |")
         lines += ["", f"Paper figures: {study.paper_note}.", "",
                   f"![held-out success vs env steps]({png.relative_to(doc.parent)})", "",
-                  "Grouping and update statistics (means over iterations and seeds; depth k = "
+                  "Grouping and update statistics (means over iterations and seeds; invalid "
+                  "actions: mean of the first and of the last two iterations; depth k = "
                   "the deepest HGPO context level whose group has ≥ 2 steps, with K of that "
                   "run — 2 for non-HGPO runs):", "",
                   "| method | step-group size | steps in a group ≥ 2 | depth none / 0 / 1 / 2+ "
                   "| mean abs(Â) | Â ≠ 0 | approx KL | clip frac | grad norm | entropy first → "
-                  "last |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "last | invalid actions first → last |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for m in METHODS:
             if m not in methods:
                 continue
@@ -519,7 +540,8 @@ def write_report(out: Path, summaries: list[dict[str, Any]], skipped: dict[str, 
                 f"{100 * g.get('step_repeat_fraction', float('nan')):.0f}% | {depth} | "
                 f"{a['advantage_abs']:.2f} | {100 * a['advantage_nonzero']:.0f}% | "
                 f"{a['approx_kl']:.4f} | {a['clipfrac']:.3f} | {a['grad_norm']:.2f} | "
-                f"{a['entropy_first']:.2f} → {a['entropy_last']:.2f} |")
+                f"{a['entropy_first']:.2f} → {a['entropy_last']:.2f} | "
+                f"{100 * a['invalid_first']:.0f}% → {100 * a['invalid_last']:.0f}% |")
         lines += ["", "What the numbers say:", ""]
         lines += [f"- {s}" for s in discussion(env, methods, noise)]
         lines.append("")
