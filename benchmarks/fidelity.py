@@ -548,7 +548,8 @@ def write_report(out: Path, summaries: list[dict[str, Any]], skipped: dict[str, 
     run_min = sum(s["wall_s"] for s in summaries) / 60
     lines += [f"Compute: {len(summaries)} runs, {run_min:.0f} min of run wall time in total "
               f"(≈ {run_min / 2:.0f} min with two at a time), plus one warm start per "
-              "environment.", ""]
+              "environment" + ("; a resumed run counts only the part after its restart"
+                               if any(s.get("resumed") for s in summaries) else "") + ".", ""]
     lines += [SCALING, ""]
     body = "\n".join(lines)
     extra = doc.parent / f"{doc.stem}_discussion.md"
