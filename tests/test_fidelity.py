@@ -133,11 +133,12 @@ def test_a_crashing_run_is_retried_then_reported_without_ending_the_study(fideli
             raise RuntimeError("env 0: construction failed")
         return {"ok": True}
 
+    job = fidelity.Job("twx_coin", "hgpo_k2", 0, {}, None, "unused")
     monkeypatch.setattr(fidelity, "run_job", flaky)
-    assert fidelity.run_job_retrying("job") == {"ok": True} and len(calls) == 2
+    assert fidelity.run_job_retrying(job) == {"ok": True} and calls == [job, job]
 
     def broken(job):
         raise RuntimeError("JVM did not start")
 
     monkeypatch.setattr(fidelity, "run_job", broken)
-    assert fidelity.run_job_retrying("job") == {"error": "RuntimeError: JVM did not start"}
+    assert fidelity.run_job_retrying(job) == {"error": "RuntimeError: JVM did not start"}
