@@ -121,7 +121,9 @@ def _config_dict(study: EnvStudy, overrides: dict[str, Any], method: str) -> dic
     cfg = load_config(ROOT / study.recipe, _merge(study.overrides, overrides))
     data = config_to_dict(cfg)
     data["algorithm"]["estimator"] = METHODS[method]["estimator"]
-    data["algorithm"]["estimator_options"] = dict(METHODS[method]["estimator_options"])
+    data["algorithm"]["estimator_options"] = {  # --set algorithm.estimator_options.X=… ablates
+        **METHODS[method]["estimator_options"],
+        **overrides.get("algorithm", {}).get("estimator_options", {})}
     data["logging"] = {**data["logging"], "progress": False, "tensorboard": False,
                        "wandb": False}
     data["threads"] = 1

@@ -53,6 +53,11 @@ def test_plan_shares_one_warm_start_and_changes_only_the_estimator(fidelity, tmp
     lr, warm3 = fidelity.plan(tmp_path, ["sokoban"], ["grpo"], 1, {"optim": {"lr": 1e-3}})
     assert warm3["sokoban"].run_dir == warm["sokoban"].run_dir          # an lr sweep reuses BC
     assert lr[0].config["optim"]["lr"] == 1e-3 and lr[0].run_dir != jobs[0].run_dir
+    ablation, warm5 = fidelity.plan(tmp_path, ["sokoban"], ["hgpo_k2"], 1,
+                                    {"algorithm": {"estimator_options": {"invalid_penalty": 0}}})
+    assert ablation[0].config["algorithm"]["estimator_options"] == {
+        **fidelity.METHODS["hgpo_k2"]["estimator_options"], "invalid_penalty": 0}
+    assert warm5["sokoban"].run_dir == warm["sokoban"].run_dir
     _, warm4 = fidelity.plan(tmp_path, ["sokoban"], ["grpo"], 1, {"bc": {"episodes": 5}})
     assert warm4["sokoban"].run_dir != warm["sokoban"].run_dir          # a BC change does not
 
