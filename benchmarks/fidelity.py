@@ -32,6 +32,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -58,8 +59,6 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 LABELS = {"grpo": "GRPO", "gigpo": "GiGPO", "hgpo_k2": "HGPO K=2", "hgpo_k4": "HGPO K=4",
           "graphgpo": "GraphGPO"}
-COLORS = {"grpo": "#444444", "gigpo": "#1f77b4", "hgpo_k2": "#2ca02c", "hgpo_k4": "#98df8a",
-          "graphgpo": "#d62728"}
 
 
 @dataclass
@@ -348,10 +347,7 @@ def _spawn() -> Any:
 
 # ------------------------------------------------------------------------------------ report
 def _std(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    m = _mean(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    return statistics.stdev(values) if len(values) >= 2 else 0.0
 
 
 def aggregate(summaries: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -389,32 +385,25 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
 
 
 def plot_env(env: str, methods: dict[str, dict[str, Any]], path: Path) -> None:
-    """Held-out success vs env steps: mean over seeds per method, band = min..max of seeds."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """Held-out success vs env steps: mean over seeds per method, band = min..max of seeds
+    (:func:`grouprl.train.plot.plot_curves`)."""
+    from grouprl.train.plot import plot_curves
 
-    fig = Figure(figsize=(6.4, 4.2))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    series: dict[str, list[tuple[float, float]]] = {}
+    bands: dict[str, list[tuple[float, float, float]]] = {}
     for m in METHODS:
         if m not in methods:
             continue
         runs = methods[m]["runs"]
+        label = f"{LABELS[m]} ({len(runs)} seeds)"
         n = min(len(r["curve"]) for r in runs)
         xs = [_mean([r["curve"][i][1] for r in runs]) for i in range(n)]
         ys = [[100 * r["curve"][i][2] for r in runs] for i in range(n)]
-        ax.plot(xs, [_mean(y) for y in ys], marker="o", ms=3, color=COLORS[m],
-                label=f"{LABELS[m]} ({len(runs)} seeds)")
-        ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=COLORS[m],
-                        alpha=0.12, lw=0)
-    ax.set_xlabel("training env steps")
-    ax.set_ylabel("held-out success (%)")
-    ax.set_title(f"{ENVS[env].title}" if env in ENVS else env, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
+        series[label] = [(x, _mean(y)) for x, y in zip(xs, ys)]
+        bands[label] = [(x, min(y), max(y)) for x, y in zip(xs, ys)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    plot_curves(series, path, bands=bands, title=ENVS[env].title if env in ENVS else env,
+                xlabel="training env steps", ylabel="held-out success (%)", dpi=110)
 
 
 def _pm(mean: float, std: float) -> str:

@@ -393,6 +393,15 @@ def _well_formed(well_formed: object, n: int) -> Tensor:
     return _vec("well_formed", well_formed, torch.bool, n)
 
 
+def _laser_inputs(alpha: float, correct: object, length: object, target: object,
+                  well_formed: object) -> tuple[float, Tensor, Tensor, Tensor, Tensor]:
+    """Validated (α, correct, length, per-row target, well_formed) shared by the LASER rewards."""
+    c = _vec("correct", correct, torch.bool)
+    n = c.numel()
+    return (_number("alpha", alpha, 0.0), c, _lengths("length", length, n), _target(target, n),
+            _well_formed(well_formed, n))
+
+
 def laser_reward(correct: object, length: object, target: object, *, well_formed: object = None,
                  alpha: float = 0.5, mode: str = "reward", correct_reward: float = 1.0,
                  wrong_reward: float = -0.5, malformed_reward: float = -1.0) -> Tensor:
@@ -410,12 +419,7 @@ def laser_reward(correct: object, length: object, target: object, *, well_formed
     """
     if mode not in LASER_MODES:
         raise ValueError(f"mode: got {mode!r}; accepted values are 'reward', 'penalty', 'hybrid'")
-    a = _number("alpha", alpha, 0.0)
-    c = _vec("correct", correct, torch.bool)
-    n = c.numel()
-    L = _lengths("length", length, n)
-    T = _target(target, n)
-    wf = _well_formed(well_formed, n)
+    a, c, L, T, wf = _laser_inputs(alpha, correct, length, target, well_formed)
     base = _laser_base(c, wf, correct_reward, wrong_reward, malformed_reward)
     ok = c & wf
     short = L <= T
@@ -592,12 +596,8 @@ def laser_de_reward(correct: object, length: object, target: object, *,
     :func:`ngram_repetition` (None: nothing is repetitive). Malformed responses get no term.
     Float64 (N,).
     """
-    a = _number("alpha", alpha, 0.0)
-    c = _vec("correct", correct, torch.bool)
+    a, c, L, T, wf = _laser_inputs(alpha, correct, length, target, well_formed)
     n = c.numel()
-    L = _lengths("length", length, n)
-    T = _target(target, n)
-    wf = _well_formed(well_formed, n)
     rep = (torch.zeros(n, dtype=torch.bool) if repetitive is None
            else _vec("repetitive", repetitive, torch.bool, n))
     base = _laser_base(c, wf, correct_reward, wrong_reward, malformed_reward)
