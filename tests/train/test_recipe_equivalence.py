@@ -29,12 +29,12 @@ TINY = ["model.tiny.vocab_size=300", "model.tiny.hidden_size=48", "model.tiny.nu
         "model.tiny.num_heads=2", "model.tiny.num_kv_heads=1",
         "model.tiny.intermediate_size=96", "model.tiny.tokenizer_episodes=16",
         "logging.progress=false", "threads=1"]
-AGENT = [*TINY, "bc.episodes=8", "bc.epochs=1", "iterations=2", "rollout.groups_per_batch=2",
+AGENT = [*TINY, "bc.episodes=40", "bc.epochs=3", "iterations=2", "rollout.groups_per_batch=2",
          "rollout.group_size=4", "eval.episodes=4", "eval.every=1"]
-REASONING = [*TINY, "bc.episodes=6", "bc.epochs=2", "iterations=2", "eval.episodes=4",
-             "eval.every=1", "rollout.groups_per_batch=3", "rollout.group_size=4",
-             "rollout.max_new_tokens=24",
-             "env.kwargs={dataset: 'builtin:arithmetic', difficulty: [1], size: 8}",
+REASONING = [*TINY, "bc.episodes=12", "bc.epochs=30", "bc.batch_size=4", "bc.lr=3e-3",
+             "iterations=2", "eval.episodes=4", "eval.every=1", "rollout.groups_per_batch=3",
+             "rollout.group_size=4", "rollout.max_new_tokens=40",
+             "env.kwargs={dataset: 'builtin:arithmetic', difficulty: [1], size: 6}",
              "eval.env_kwargs={split: train}"]
 
 RECIPES: dict[str, tuple[str, list[str]]] = {
