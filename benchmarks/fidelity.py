@@ -184,7 +184,7 @@ def run_job(job: Job) -> dict[str, Any]:
     """Run (or resume) one job in this process; returns and stores its summary."""
     import torch
 
-    from grouprl.train import train
+    from grouprl.recipes import train
     from grouprl.train.config import TrainConfig, _build
 
     torch.set_num_threads(int(job.config.get("threads") or 1))

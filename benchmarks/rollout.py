@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grouprl.agent import get_template  # noqa: E402
 from grouprl.envs import EnvPool  # noqa: E402
-from grouprl.train import load_config, train  # noqa: E402
+from grouprl.recipes import train  # noqa: E402
+from grouprl.train import load_config  # noqa: E402
 from grouprl.train.bc import expert_samples  # noqa: E402
 from grouprl.train.metrics import read_metrics  # noqa: E402
 from report import write_section  # noqa: E402

@@ -208,8 +208,7 @@ def trl_prompt_order(taskset: TaskSet, prompts_per_step: int, steps: int, seed: 
     tasks = taskset.tasks
     if taskset.env_size and taskset.env_size == len(tasks):
         try:
-            from grouprl.train import load_config
-            from grouprl.train.trainer import task_seeds
+            from grouprl.train import load_config, task_seeds
 
             offset = GROUPRL_RECIPE.get("eval", {}).get("seed_offset",
                                                         load_config().eval.seed_offset)
@@ -347,7 +346,8 @@ def run_grouprl(model_dir: Path, shape: Shape, *, steps: int, warmup: int, lr: f
                 work_dir: Path) -> dict[str, Any]:
     import yaml
 
-    from grouprl.train import load_config, train
+    from grouprl.recipes import train
+    from grouprl.train import load_config
     from grouprl.train.metrics import read_metrics
 
     run_dir = Path(tempfile.mkdtemp(prefix="grouprl_", dir=work_dir))

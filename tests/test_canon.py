@@ -141,7 +141,7 @@ def test_option_errors():
         compute_advantages("canon", batch, metric=torch.ones(3))
     with pytest.raises(ValueError, match="^direction: got 'time'"):
         estimator_options("canon", metric=torch.ones(2), direction="time")
-    with pytest.raises(ValueError, match=r"^mu_w: must be in \[0.0, 1.0\]"):
+    with pytest.raises(ValueError, match=r"^mu_w: must be a number in \[0.0, 1.0\]"):
         estimator_options("canon", metric=torch.ones(2), mu_w=1.5)
     with pytest.raises(ValueError, match="^l_max: must be"):
         estimator_options("canon", metric=torch.ones(2), l_max=0.0)

@@ -9,14 +9,17 @@ exact int64 ids of the anchor observation (see :func:`state_ids`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-__all__ = ["RolloutBatch", "factorize", "state_ids", "to_hashable"]
+__all__ = ["RolloutBatch", "Rollout", "factorize", "state_ids", "to_hashable", "select_rows",
+           "select_groups", "concat_rollouts", "episode_metrics", "pad_concat"]
 
 Column = torch.Tensor | np.ndarray | Sequence[Any]
 
@@ -194,3 +197,168 @@ def _length(col: Column, name: str) -> int:
     except TypeError:
         raise ValueError(f"{name}: expected a 1-D column (tensor, array or sequence), "
                          f"got {type(col).__name__}") from None
+
+
+# --------------------------------------------------------------------------- the row container
+
+def pad_concat(parts: Sequence[torch.Tensor], width: int, value: float, left: bool) -> torch.Tensor:
+    """Concatenate (n_i, w_i) tensors along rows, padding each to ``width`` on the left/right."""
+    padded = [F.pad(p, (width - p.shape[1], 0) if left else (0, width - p.shape[1]), value=value)
+              for p in parts]
+    return torch.cat(padded, 0) if padded else torch.zeros(0, width)
+
+
+def episode_metrics(ret: torch.Tensor, length: torch.Tensor, won: torch.Tensor,
+                    invalid: torch.Tensor) -> dict[str, float]:
+    """Success rate, mean return and length of the kept episodes; invalid-row rate; row count."""
+    e = ret.numel()
+    return {"success_rate": float(won.float().mean()) if e else 0.0,
+            "episode_return": float(ret.float().mean()) if e else 0.0,
+            "episode_length": float(length.float().mean()) if e else 0.0,
+            "invalid_rate": float(invalid.float().mean()) if invalid.numel() else 0.0,
+            "rows": float(invalid.numel())}
+
+
+_LEFT, _RIGHT, _ROW, _EPISODE, _LIST = "left", "right", "row", "episode", "list"
+
+
+def _kind(kind: str, default: Any = None, *, factory: Any = None) -> Any:
+    if factory is not None:
+        return field(default_factory=factory, metadata={"kind": kind})
+    return field(default=default, metadata={"kind": kind})
+
+
+@dataclass
+class Rollout:
+    """The one row container from rollout to learner (DESIGN.md ``batch.py``).
+
+    Row ``i`` of every per-row field is row ``i`` of ``batch`` (one agent step, or one
+    completion of a single-turn task). Fields by kind — each field's ``metadata["kind"]`` tells
+    :func:`select_rows` and :func:`concat_rollouts` how to cut and join it:
+
+    - ``left`` / ``right``: (N, P) left-padded prompt and (N, R) right-padded response tensors;
+    - ``row``: (N, ...) tensors — ``truncated`` and the columns added downstream:
+      ``advantages`` (N,), ``old_logp`` and ``ref_logp`` (N, R) (behaviour and reference
+      log-probs, filled by the recipe when the update needs them);
+    - ``episode``: (E,) tensors, one entry per kept episode;
+    - ``list``: Python lists of length N (decoded replies, env step extras).
+    """
+
+    batch: RolloutBatch
+    prompt_ids: torch.Tensor = _kind(_LEFT)        # (N, P) left-padded
+    prompt_mask: torch.Tensor = _kind(_LEFT)       # (N, P)
+    response_ids: torch.Tensor = _kind(_RIGHT)     # (N, R) right-padded
+    response_mask: torch.Tensor = _kind(_RIGHT)    # (N, R)
+    logprobs: torch.Tensor | None = _kind(_RIGHT)  # (N, R) sampling log-probs (0 on padding)
+    episode_return: torch.Tensor | None = _kind(_EPISODE)   # (E,) per kept episode
+    episode_length: torch.Tensor | None = _kind(_EPISODE)   # (E,)
+    episode_won: torch.Tensor | None = _kind(_EPISODE)      # (E,) bool
+    episode_group: torch.Tensor | None = _kind(_EPISODE)    # (E,) group id of each episode
+    responses: list[str] = _kind(_LIST, factory=list)       # decoded reply of each row
+    metrics: dict[str, float] = field(default_factory=dict)
+    truncated: torch.Tensor | None = _kind(_ROW)   # (N,) bool: the generation hit the limit
+    extras: list[dict | None] = _kind(_LIST, factory=list)  # env step info["extra"] per row
+    advantages: torch.Tensor | None = _kind(_ROW)  # (N,) from the estimator
+    old_logp: torch.Tensor | None = _kind(_RIGHT)  # (N, R) behaviour log-probs (recomputed)
+    ref_logp: torch.Tensor | None = _kind(_RIGHT)  # (N, R) reference log-probs (KL)
+
+    def __len__(self) -> int:
+        return int(self.prompt_ids.shape[0])
+
+    def column(self, name: str) -> torch.Tensor:
+        """A per-row tensor by name: a row field (``advantages``, ...) or a ``batch`` column
+        (``group_id``, ``success``, ...) as a tensor."""
+        value = getattr(self, name, None) if name != "batch" else None
+        if value is None:
+            value = getattr(self.batch, name, None)
+        if value is None:
+            raise ValueError(f"rows.{name}: not set; this update needs the per-row column "
+                             f"{name!r} (e.g. single-turn rollouts carry group_id and success)")
+        return torch.as_tensor(value)
+
+    def with_columns(self, **columns: torch.Tensor | None) -> Rollout:
+        """A shallow copy with the given fields replaced (e.g. ``advantages=adv``)."""
+        return dataclasses.replace(self, **columns)
+
+
+_BATCH_COLUMNS = ("group_id", "traj_id", "step", "reward", "state", "next_state", "success",
+                  "invalid", "agent_id")
+
+
+def _list_of(r: Rollout, name: str) -> list:
+    values = getattr(r, name)
+    return values if len(values) == len(r) else [None] * len(r)
+
+
+def _cut(column: Column | None, idx: torch.Tensor) -> torch.Tensor | None:
+    return None if column is None else torch.as_tensor(column)[idx]
+
+
+def select_rows(rollout: Rollout, rows: torch.Tensor, episodes: torch.Tensor | None = None
+                ) -> Rollout:
+    """The rows ``rows`` (bool mask or index) and episodes ``episodes`` of ``rollout``; every
+    field is cut by its kind (see :class:`Rollout`), metrics are copied."""
+    idx = torch.nonzero(rows).flatten() if rows.dtype == torch.bool else rows.long()
+    ids = idx.tolist()
+    b = rollout.batch
+    batch = RolloutBatch(**{c: _cut(getattr(b, c), idx) for c in _BATCH_COLUMNS})
+    out: dict[str, Any] = {"batch": batch, "metrics": dict(rollout.metrics)}
+    for f in dataclasses.fields(Rollout):
+        kind, value = f.metadata.get("kind"), getattr(rollout, f.name)
+        if kind is None or value is None:
+            continue
+        if kind == _EPISODE:
+            out[f.name] = value if episodes is None else value[episodes]
+        elif kind == _LIST:
+            values = _list_of(rollout, f.name)
+            out[f.name] = [values[k] for k in ids]
+        else:
+            out[f.name] = value[idx]
+    return Rollout(**out)
+
+
+def concat_rollouts(parts: Sequence[Rollout], pad_token_id: int = 0) -> Rollout:
+    """One rollout from several (dynamic sampling keeps groups from repeated tries): rows and
+    episodes in order, token tensors re-padded to the widest part; episode metrics recomputed,
+    failure counts summed."""
+    if not parts:
+        raise ValueError("concat_rollouts: no rollouts to concatenate")
+    first = parts[0].batch
+    batch = RolloutBatch(**{c: None if getattr(first, c) is None else
+                            torch.cat([torch.as_tensor(getattr(r.batch, c)) for r in parts])
+                            for c in _BATCH_COLUMNS})
+    out: dict[str, Any] = {"batch": batch}
+    for f in dataclasses.fields(Rollout):
+        kind = f.metadata.get("kind")
+        if kind is None:
+            continue
+        if kind == _LIST:
+            out[f.name] = [v for r in parts for v in _list_of(r, f.name)]
+            continue
+        values = [getattr(r, f.name) for r in parts]
+        if f.name == "truncated":
+            values = [v if v is not None else torch.zeros(len(r), dtype=torch.bool)
+                      for v, r in zip(values, parts)]
+        if any(v is None for v in values):
+            continue
+        if kind in (_LEFT, _RIGHT):
+            pad = pad_token_id if f.name.endswith("_ids") else 0
+            width = max(v.shape[1] for v in values)
+            out[f.name] = pad_concat(values, width, pad, left=kind == _LEFT)
+        else:
+            out[f.name] = torch.cat(values)
+    metrics = {k: sum(r.metrics[k] for r in parts) for k in
+               ("truncated_generations", "failed_trajectories")}
+    metrics.update(episode_metrics(out["episode_return"], out["episode_length"],
+                                   out["episode_won"], torch.as_tensor(batch.invalid)))
+    return Rollout(**out, metrics=metrics)
+
+
+def select_groups(rollout: Rollout, groups: torch.Tensor) -> Rollout:
+    """The rows and episodes of the given group ids only (dynamic sampling); episode metrics
+    are recomputed for the kept episodes."""
+    rows = torch.isin(torch.as_tensor(rollout.batch.group_id), groups)
+    out = select_rows(rollout, rows, torch.isin(rollout.episode_group, groups))
+    out.metrics.update(episode_metrics(out.episode_return, out.episode_length, out.episode_won,
+                                       torch.as_tensor(out.batch.invalid)))
+    return out

@@ -118,7 +118,8 @@ def _split_config(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from grouprl.train import ConfigError, load_config, load_run_config, train
+    from grouprl.recipes import train
+    from grouprl.train import ConfigError, load_config, load_run_config
 
     config, overrides = _split_config(args.args)
     try:
@@ -151,8 +152,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from grouprl.train import ConfigError, load_run_config, load_trained_policy
-    from grouprl.train.evaluate import evaluate_policy
-    from grouprl.train.trainer import raw_action
+    from grouprl.train.evaluate import evaluate_run
 
     try:
         cfg = load_run_config(args.run_dir, args.overrides)  # eval.*, env.* … overrides
@@ -164,17 +164,7 @@ def _eval(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    ev, ro = cfg.eval, cfg.rollout
-    metrics, _ = evaluate_policy(
-        model, tok, env_name=cfg.env.name, env_kwargs={**cfg.env.kwargs, **ev.env_kwargs},
-        template=template,
-        episodes=ev.episodes, seed_offset=ev.seed_offset, max_steps=cfg.env.max_steps,
-        history_length=cfg.agent.history_length, temperature=ev.temperature,
-        max_new_tokens=ro.max_new_tokens, stop=tuple(ro.stop), seed=cfg.seed,
-        action_tag=cfg.agent.action_tag, allow_plain=cfg.agent.allow_plain,
-        raw_action=raw_action(cfg),
-        use_chat_template=cfg.agent.use_chat_template, backend=cfg.env.backend,
-        step_timeout=cfg.env.step_timeout, num_workers=cfg.env.num_workers)
+    metrics = evaluate_run(cfg, model, tok, template)
     print(json.dumps({"iteration": iteration, **metrics}))
     return 0
 

@@ -153,7 +153,7 @@ def test_step_limit_truncates_and_finished_envs_take_none():
 
 
 def test_argument_errors():
-    with pytest.raises(ValueError, match="backend.*serial, thread, process"):
+    with pytest.raises(ValueError, match="backend.*'serial', 'thread', 'process'"):
         EnvPool("sokoban", backend="gpu")
     with pytest.raises(ValueError, match="num_workers"):
         EnvPool("sokoban", num_envs=2, backend="process", num_workers=1)

@@ -887,7 +887,7 @@ def test_bad_options_raise_naming_the_option(name, kwargs, option):
 
 def test_unknown_option_message_lists_accepted_options():
     logp, old, A, mask = tensors()
-    with pytest.raises(ValueError, match="accepted options are .*clip_high"):
+    with pytest.raises(ValueError, match="accepted options: .*clip_high"):
         policy_loss("ppo", logp, old, A, mask, clip_ratio=0.2)
 
 

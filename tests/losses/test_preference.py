@@ -339,15 +339,19 @@ def test_errors_name_the_argument():
         (dict(name="simpo", lengths=True), "ref_chosen_logp: not used by 'simpo'"),
         (dict(name="ipo"), "chosen_length: required by 'ipo'"),
         (dict(name="simpo", ref=False), "chosen_length: required by 'simpo'"),
-        (dict(name="dpo", gamma=0.5), "gamma: not used by 'dpo'"),
-        (dict(name="ipo", label_smoothing=0.1, lengths=True), "label_smoothing: not used"),
+        (dict(name="dpo", gamma=0.5), "gamma: unknown option for preference loss 'dpo'; "
+                                      "accepted options: beta, label_smoothing, "
+                                      "length_normalize$"),
+        (dict(name="ipo", label_smoothing=0.1, lengths=True),
+         "label_smoothing: unknown option for preference loss 'ipo'"),
         (dict(name="dpo", lengths=True), "chosen_length: not used by 'dpo'"),
         (dict(name="robust", label_smoothing=0.5), "label_smoothing.*robust"),
         (dict(name="dpo", label_smoothing=-0.1), "label_smoothing"),
         (dict(name="dpo", beta=0.0), "beta"),
         (dict(name="dpo", beta=float("inf")), "beta"),
         (dict(name="hypo", length_normalize="yes"), "length_normalize"),
-        (dict(name="dpo", nll_loss=torch.tensor(1.0)), "nll_loss: not used by 'dpo'"),
+        (dict(name="dpo", nll_loss=torch.tensor(1.0)),
+         "nll_loss: unknown option for preference loss 'dpo'"),
     ]
     for kw, match in cases:
         name = kw.pop("name")

@@ -66,10 +66,10 @@ def test_required_options_name_the_option_and_the_known_values():
 
 
 def test_unknown_option_and_unknown_name():
-    with pytest.raises(ValueError, match=r"^alpah: not an option of reward shaping 'grpo_lambda'; "
-                                         r"accepted options: alpha, top_fraction$"):
+    with pytest.raises(ValueError, match=r"^alpah: unknown option for reward shaping "
+                                         r"'grpo_lambda'; accepted options: alpha, top_fraction$"):
         make_shaper("grpo_lambda", alpah=0.2)
-    with pytest.raises(ValueError, match=r"^weight: not an option of reward shaping 'none'; "
+    with pytest.raises(ValueError, match=r"^weight: unknown option for reward shaping 'none'; "
                                          r"accepted options: none$"):
         make_shaper("none", weight=1.0)
     with pytest.raises(ValueError, match=r"^shaping: unknown reward shaping 'kimmi'; available: "):
@@ -77,21 +77,24 @@ def test_unknown_option_and_unknown_name():
 
 
 @pytest.mark.parametrize("name,options,message", [
-    ("grpo_lambda", {"alpha": 1.5}, "alpha: must be <= 1.0, got 1.5"),
-    ("grpo_lambda", {"alpha": 0.2, "top_fraction": -0.1}, "top_fraction: must be >= 0.0"),
-    ("kimi", {"weight": "big"}, "weight: must be a finite number, got 'big'"),
+    ("grpo_lambda", {"alpha": 1.5}, "alpha: must be a number in [0.0, 1.0], got 1.5"),
+    ("grpo_lambda", {"alpha": 0.2, "top_fraction": -0.1},
+     "top_fraction: must be a number in [0.0, 1.0], got -0.1"),
+    ("kimi", {"weight": "big"}, "weight: must be a number >= 0.0, got 'big'"),
     ("kimi", {"weight": 0.4, "warmup_iterations": -1}, "warmup_iterations: must be an integer"),
     ("hapo", {"mode": "max"}, "mode: got 'max'; accepted values are 'min', 'mean'"),
-    ("hapo", {"floor": -2.0}, "floor: must be >= -1.0"),
-    ("laser", {"target": 0}, "target: must be > 0.0"),
+    ("hapo", {"floor": -2.0}, "floor: must be a number in [-1.0, 0.0], got -2.0"),
+    ("laser", {"target": 0}, "target: must be a number > 0.0, got 0"),
     ("laser", {"target": 100, "mode": "bonus"}, "mode: got 'bonus'"),
     ("laser_d", {"low": 0}, "low: must be an integer >= 1"),
-    ("laser_d", {"low": 4096, "cap": 2048}, "cap: must be >= low (4096), got 2048"),
+    ("laser_d", {"low": 4096, "cap": 2048},
+     "cap: must be None or an integer >= 4096 (at least low), got 2048"),
     ("laser_de", {"mode": "penalty"}, "mode: got 'penalty'; accepted values are 'reward'"),
     ("laser_de", {"min_count": 1}, "min_count: must be an integer >= 2"),
     ("dler", {"tiers": [[0.5]]}, "tiers: each tier must be a [p_min, cap] pair"),
     ("dler", {"tiers": [[0.5, 2000], [0.5, 3000]]}, "tiers: p_min values must be distinct"),
-    ("overlong", {"buffer": 500, "cap": 400}, "buffer: must be <= cap (400), got 500"),
+    ("overlong", {"buffer": 500, "cap": 400},
+     "buffer: must be an integer in [1, 400] (at most cap), got 500"),
 ])
 def test_out_of_range_options_name_the_option(name, options, message):
     with pytest.raises(ValueError, match="^" + re.escape(message)):

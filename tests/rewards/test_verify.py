@@ -329,9 +329,18 @@ def test_pickled_verifier_drops_workers_and_restarts(flaky_pool):
     assert copy._pool is None and copy.stats == flaky_pool.stats
     with copy:
         assert copy(r"\boxed{2}", "2").reason == "ok"
-        procs = [w.proc for w in copy._pool.workers]
-        assert all(p.is_alive() for p in procs) and copy._pool is not flaky_pool._pool
-    assert copy._pool is None and not any(p.is_alive() for p in procs)
+        pids = copy._pool.pids
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+        assert copy._pool is not flaky_pool._pool and not set(pids) & set(flaky_pool._pool.pids)
+    assert copy._pool is None and not any(alive(p) for p in pids)  # reaped: no zombie either
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @needs_mv

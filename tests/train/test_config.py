@@ -79,7 +79,7 @@ def test_bad_file_key_and_missing_file(tmp_path):
 def test_every_shipped_recipe_loads():
     recipes = sorted(CONFIGS.glob("*.yaml"))
     assert recipes, "configs/ holds no recipes"
-    from grouprl.train.trainer import validate_config
+    from grouprl.train.checks import check_rl_config as validate_config
 
     for path in recipes:
         cfg = load_config(path, ["model.path=null", "model.device=cpu"])  # the GPU recipe's model

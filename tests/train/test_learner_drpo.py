@@ -9,9 +9,10 @@ import copy
 import pytest
 import torch
 
-import grouprl.train.learner as learner
+import grouprl.losses.objective as learner
+from grouprl.batch import Rollout, RolloutBatch
 from grouprl.policy import build_tiny_policy, response_logprobs
-from grouprl.train.learner import LearnerRows, group_batches, update_policy
+from grouprl.train.learner import group_batches, update_policy
 
 F64 = torch.float64
 
@@ -24,7 +25,7 @@ def model():
     return m
 
 
-def make_rows(model, seed=0, sizes=(4, 4, 3, 4, 5, 4), off_policy=True) -> LearnerRows:
+def make_rows(model, seed=0, sizes=(4, 4, 3, 4, 5, 4), off_policy=True) -> Rollout:
     g = torch.Generator().manual_seed(seed)
     vocab = model.config.vocab_size
     n = sum(sizes)
@@ -39,9 +40,11 @@ def make_rows(model, seed=0, sizes=(4, 4, 3, 4, 5, 4), off_policy=True) -> Learn
     perm = torch.randperm(n, generator=g)                              # groups interleaved
     correct = torch.rand(n, generator=g) < 0.5
     correct[group == 100] = True                                       # a skipped group
-    rows = LearnerRows(prompt_ids[perm], prompt_mask[perm], response_ids[perm],
-                       response_mask[perm], torch.zeros(n, dtype=F64), group=group[perm],
-                       correct=correct[perm])
+    batch = RolloutBatch(group_id=group[perm], traj_id=torch.arange(n),
+                         step=torch.zeros(n, dtype=torch.long), reward=torch.zeros(n),
+                         success=correct[perm])
+    rows = Rollout(batch, prompt_ids[perm], prompt_mask[perm], response_ids[perm],
+                   response_mask[perm], advantages=torch.zeros(n, dtype=F64))
     if off_policy:
         with torch.no_grad():
             lp, _ = response_logprobs(model, rows.prompt_ids, rows.prompt_mask,
@@ -170,7 +173,7 @@ def test_update_calls_the_loss_on_whole_groups_with_mini_batch_counts(model, mon
     for ids, questions, l_max in calls:
         assert l_max == rows.response_ids.shape[1]                     # default: padded width
         for gid in torch.unique(ids):
-            assert int((ids == gid).sum()) == int((rows.group == gid).sum())
+            assert int((ids == gid).sum()) == int((rows.batch.group_id == gid).sum())
         per_mini.setdefault(questions, set()).update(ids.tolist())
     assert sum(len(v) for v in per_mini.values()) == 6                 # 3 + 3 questions
     assert sorted(per_mini) == [3] and len(per_mini[3]) == 6
@@ -184,17 +187,17 @@ def test_update_calls_the_loss_on_whole_groups_with_mini_batch_counts(model, mon
 def test_errors(model):
     rows = make_rows(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    bare = copy.copy(rows)
-    bare.group = None
-    with pytest.raises(ValueError, match=r"^rows\.group: DRPO needs the group id and correctness"):
+    bare = copy.deepcopy(rows)
+    bare.batch.group_id = None
+    with pytest.raises(ValueError, match=r"^rows\.group_id: not set"):
         update_policy(model, opt, bare, loss="drpo")
-    bare = copy.copy(rows)
-    bare.correct = None
-    with pytest.raises(ValueError, match=r"^rows\.group:"):
+    bare = copy.deepcopy(rows)
+    bare.batch.success = None
+    with pytest.raises(ValueError, match=r"^rows\.success: not set"):
         update_policy(model, opt, bare, loss="drpo")
-    bad = copy.copy(rows)
-    bad.group = rows.group[:-1]
-    with pytest.raises(ValueError, match=r"^rows\.group: must have shape"):
+    bad = copy.deepcopy(rows)
+    bad.batch.group_id = rows.batch.group_id[:-1]
+    with pytest.raises(ValueError, match=r"^rows\.group_id: must have 24 rows"):
         update_policy(model, opt, bad, loss="drpo")
     with pytest.raises(ValueError, match="^lam:"):
         update_policy(model, opt, rows, loss="drpo", loss_options={"lam": 0})
@@ -209,14 +212,15 @@ def _scores(model, rows):
     m = rows.response_mask.bool()
     s = (lp * m).sum(1) / m.sum(1)
     valid = _valid_rows(rows)
-    return float(s[rows.correct & valid].mean()), float(s[~rows.correct & valid].mean())
+    ok = rows.batch.success
+    return float(s[ok & valid].mean()), float(s[~ok & valid].mean())
 
 
 def _valid_rows(rows):
-    valid = torch.zeros_like(rows.correct)
-    for gid in torch.unique(rows.group):
-        g = rows.group == gid
-        valid |= g & bool(rows.correct[g].any()) & bool((~rows.correct[g]).any())
+    valid = torch.zeros_like(rows.batch.success)
+    for gid in torch.unique(rows.batch.group_id):
+        g = rows.batch.group_id == gid
+        valid |= g & bool(rows.batch.success[g].any()) & bool((~rows.batch.success[g]).any())
     return valid
 
 
@@ -230,7 +234,7 @@ def test_drpo_separates_positives_from_negatives(model):
                             micro_batch_size=8)
     pos1, neg1 = _scores(m, rows)
     assert pos1 - neg1 > (pos0 - neg0) + 0.5
-    n_valid = len(set(rows.group[_valid_rows(rows)].tolist()))
+    n_valid = len(set(rows.batch.group_id[_valid_rows(rows)].tolist()))
     assert 3 <= n_valid <= 5
     assert out["actor/updates"] == 1.0 and out["drpo/valid_questions"] == n_valid
     assert out["drpo/kl_old"] == 0.0 and out["drpo/pos_score"] > out["drpo/neg_score"]

@@ -1,4 +1,5 @@
-"""Offline preference training (grouprl.train.preference) on tiny models: seconds per run."""
+"""Offline preference training (grouprl.recipes.preference, grouprl.train.pairs) on tiny models:
+seconds per run."""
 
 from __future__ import annotations
 
@@ -11,16 +12,16 @@ import torch
 
 from grouprl.data import PreferencePair
 from grouprl.losses.preference import preference_loss
+from grouprl.recipes.preference import train_preference
 from grouprl.train import ConfigError, load_config
 from grouprl.train.checkpoint import latest_checkpoint
 from grouprl.train.metrics import read_metrics
-from grouprl.train.preference import (
+from grouprl.train.pair_data import tokenize_preference_pairs
+from grouprl.train.pairs import (
     REFERENCE_FILE,
     accumulate_preference_gradients,
     cached_reference_logps,
     pair_logps,
-    tokenize_preference_pairs,
-    train_preference,
 )
 
 TINY = [
@@ -169,9 +170,9 @@ def _interrupt_at(monkeypatch, step: int):
     import os
     import signal
 
-    import grouprl.train.preference as pref
+    import grouprl.recipes.preference as pref
 
-    real, calls = pref._optimizer_step, []
+    real, calls = pref.preference_step, []
 
     def wrapped(*args, **kwargs):
         if len(calls) == step:
@@ -179,7 +180,7 @@ def _interrupt_at(monkeypatch, step: int):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pref, "_optimizer_step", wrapped)
+    monkeypatch.setattr(pref, "preference_step", wrapped)
 
 
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path, pairs_file,
@@ -242,7 +243,7 @@ def test_sft_warm_start_is_the_reference_and_is_reused(tmp_path, pairs_file):
 @pytest.mark.parametrize("override, message", [
     ("preference.loss_options={betta: 0.1}", "preference.loss_options.betta: not an option of "
                                              "the 'dpo' loss; accepted: beta, label_smoothing"),
-    ("preference.loss_options={beta: -1.0}", "preference.loss_options.beta: expected a value"),
+    ("preference.loss_options={beta: -1.0}", "preference.loss_options.beta: must be a number > 0"),
     ("preference.loss_options={gamma: 1.0}", "preference.loss_options.gamma"),
     ("preference.loss=dpoo", "preference.loss: unknown preference loss 'dpoo'; accepted: "),
     ("preference.micro_batch_size=16", "preference.micro_batch_size: 16 must be <= "),
@@ -293,7 +294,7 @@ def test_resume_before_the_first_checkpoint_restarts_cleanly(tmp_path, pairs_fil
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
 def test_non_finite_loss_skips_the_step_and_is_counted(tmp_path, pairs_file, monkeypatch):
-    import grouprl.train.preference as pref
+    import grouprl.train.pairs as pref
 
     real = pref.preference_loss
 

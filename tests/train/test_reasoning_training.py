@@ -4,21 +4,20 @@ errors, DOT truncation and the shaper state across resume."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from grouprl.agent.rollout import Rollout
-from grouprl.batch import RolloutBatch
+from grouprl.batch import Rollout, RolloutBatch
+from grouprl.recipes import train
 from grouprl.rewards.length import grpo_lambda_reward, hapo_reward
+from grouprl.rewards.stage import RewardStage
 from grouprl.rewards.verify import VerifyResult
-from grouprl.train import ConfigError, load_config, train
+from grouprl.train import ConfigError, load_config
 from grouprl.train.checkpoint import latest_checkpoint
+from grouprl.train.checks import check_rl_config as validate_config
 from grouprl.train.metrics import read_metrics
-from grouprl.train.reasoning import ReasoningRewards
-from grouprl.train.trainer import validate_config
 
 TINY = ["model.tiny.vocab_size=300", "model.tiny.hidden_size=48", "model.tiny.num_layers=2",
         "model.tiny.num_heads=2", "model.tiny.num_kv_heads=1",
@@ -73,7 +72,9 @@ def test_every_reasoning_recipe_runs_an_iteration(tmp_path, recipe):
 
 
 def _state(run_dir) -> dict:
-    return json.loads((latest_checkpoint(run_dir) / "state.json").read_text())["state"]
+    from grouprl.train.checkpoint import read_checkpoint_state
+
+    return read_checkpoint_state(latest_checkpoint(run_dir))
 
 
 def test_hapo_history_is_saved_and_restored_on_resume(tmp_path):
@@ -138,7 +139,7 @@ def test_shaped_rewards_replace_step_rewards_and_returns():
     correct = [1, 1, 1, 0, 1, 0, 0, 0]
     length = [10, 20, 30, 40, 15, 25, 10, 50]
     group = [0, 0, 0, 0, 1, 1, 1, 1]
-    stage = ReasoningRewards("grpo_lambda", {"alpha": 0.2, "top_fraction": 0.5})
+    stage = RewardStage("grpo_lambda", {"alpha": 0.2, "top_fraction": 0.5})
     out, metrics = stage.apply(_rollout(correct, length, group), iteration=0)
     want = grpo_lambda_reward(torch.tensor(correct, dtype=torch.bool),
                               torch.tensor(length, dtype=torch.float64), torch.tensor(group),
@@ -150,7 +151,7 @@ def test_shaped_rewards_replace_step_rewards_and_returns():
 
 
 def test_hapo_stage_uses_history_from_previous_batches():
-    stage = ReasoningRewards("hapo", {})
+    stage = RewardStage("hapo", {})
     first, _ = stage.apply(_rollout([1, 0], [12, 30], [0, 0]), iteration=0)
     assert first.batch.reward.tolist() == [1.0, 0.0]            # no history yet: f = 0
     second, _ = stage.apply(_rollout([1, 0], [6, 30], [0, 0]), iteration=1)
@@ -175,7 +176,7 @@ def test_dot_truncates_outliers_of_all_correct_groups_and_reverifies():
 
     g = 16
     length = [10] * (g - 1) + [100]
-    stage = ReasoningRewards(None, {}, tokenizer=_Tok(), verifier=verifier,
+    stage = RewardStage(None, {}, tokenizer=_Tok(), verifier=verifier,
                              dot={"alpha": 3.0, "margin": 4})
     out, metrics = stage.apply(_rollout([1] * g, length, [0] * g), iteration=0)
     assert metrics["reward/dot_truncated"] == 1.0

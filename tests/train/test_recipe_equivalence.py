@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from grouprl.train import load_config, train
+from grouprl.recipes import train
+from grouprl.train import load_config
 from grouprl.train.metrics import read_metrics
 
 GOLDEN = Path(__file__).with_name("golden_metrics.json")

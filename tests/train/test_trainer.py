@@ -10,7 +10,8 @@ import torch
 
 from grouprl.envs import SokobanEnv, register_env
 from grouprl.envs.sokoban import SokobanLevel
-from grouprl.train import ConfigError, load_config, train
+from grouprl.recipes import train
+from grouprl.train import ConfigError, load_config
 from grouprl.train.checkpoint import latest_checkpoint
 from grouprl.train.metrics import read_metrics
 
@@ -70,16 +71,16 @@ def _interrupt_at(monkeypatch, iteration: int):
     import os
     import signal
 
-    import grouprl.train.trainer as trainer
+    from grouprl.train.sampling import Sampler
 
-    real = trainer._iteration
+    real = Sampler.rollout
 
-    def wrapped(cfg, it, *args, **kwargs):
+    def wrapped(self, it, *args, **kwargs):
         if it == iteration:
             os.kill(os.getpid(), signal.SIGINT)
-        return real(cfg, it, *args, **kwargs)
+        return real(self, it, *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_iteration", wrapped)
+    monkeypatch.setattr(Sampler, "rollout", wrapped)
 
 
 def test_interrupted_and_resumed_run_logs_the_same_metrics(tmp_path, monkeypatch):
@@ -107,15 +108,15 @@ def test_interrupted_and_resumed_run_logs_the_same_metrics(tmp_path, monkeypatch
 
 
 def test_non_finite_loss_skips_the_update_and_is_counted(tmp_path, monkeypatch):
-    import grouprl.train.learner as learner
+    import grouprl.losses.objective as objective
 
-    real = learner.policy_loss
+    real = objective.policy_loss
 
     def nan_loss(*args, **kwargs):
         loss, m = real(*args, **kwargs)
         return loss * float("nan"), m
 
-    monkeypatch.setattr(learner, "policy_loss", nan_loss)
+    monkeypatch.setattr(objective, "policy_loss", nan_loss)
     cfg = tiny_config(tmp_path, *WARM, "iterations=2", "eval.every=0",
                       "algorithm.num_mini_batches=2")
     train(cfg, echo=lambda s: None)
@@ -135,7 +136,7 @@ def test_non_finite_loss_skips_the_update_and_is_counted(tmp_path, monkeypatch):
 
 
 def test_informative_groups_drop_groups_with_equal_returns():
-    from grouprl.train.trainer import informative_groups
+    from grouprl.train.sampling import informative_groups
 
     group = torch.tensor([7, 7, 3, 3, 3, 9, 5, 5])
     ret = torch.tensor([1.0, 1.0, 0.0, 10.9, 0.0, 4.0, -0.3, -0.2999999])

@@ -13,10 +13,11 @@ from .registry import (
                        available_estimators,
                        compute_advantages,
                        estimator_options,
+                       estimator_spec,
                        register_estimator,
 )
 from .returns import broadcast_to_tokens, discounted_returns
 
 __all__ = ["RolloutBatch", "available_estimators", "broadcast_to_tokens", "compute_advantages",
-           "discounted_returns", "estimator_options", "grouping_stats", "register_estimator",
-           "state_ids"]
+           "discounted_returns", "estimator_options", "estimator_spec", "grouping_stats",
+           "register_estimator", "state_ids"]

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .options import CommonOptions, check_choice, check_range
+from grouprl.validation import check_choice, check_number
+
+from .options import CommonOptions
 from .outcome import row_scores
 from .rows import Rows
 from .segments import segment_stats, segment_sum
@@ -63,11 +65,11 @@ class CANONOptions(CommonOptions):
             raise ValueError(f"metric: cannot convert to a tensor ({err})") from None
         if metric.dim() != 1 or not bool(torch.isfinite(metric.to(torch.float64)).all()):
             raise ValueError("metric: must be a 1-D tensor of finite values, one per row")
-        check_range("mu_w", self.mu_w, 0.0, 1.0)
-        check_range("alpha", self.alpha)
-        check_range("beta", self.beta)
+        check_number("mu_w", self.mu_w, 0.0, 1.0)
+        check_number("alpha", self.alpha)
+        check_number("beta", self.beta)
         check_choice("direction", self.direction, DIRECTIONS)
-        check_range("l_max", self.l_max, 0.0, low_open=True)
+        check_number("l_max", self.l_max, 0.0, low_open=True)
 
 
 def canon(rows: Rows, opts: CANONOptions) -> torch.Tensor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from grouprl.batch import RolloutBatch
+from grouprl.validation import check_int
 
 from .rows import prepare_rows
 from .segments import pair_codes
@@ -31,8 +32,7 @@ def grouping_stats(batch: RolloutBatch, history_length: int = 2) -> dict[str, fl
     """Step-group size, repeat fraction and HGPO depth fractions of ``batch`` (see module doc).
 
     ``history_length`` is HGPO's K (levels 0..K). Needs the ``state`` column."""
-    if history_length < 0:
-        raise ValueError(f"history_length: must be >= 0, got {history_length}")
+    check_int("history_length", history_length, 0)
     rows = prepare_rows(batch, ("state",), estimator="grouping_stats")
     n = rows.n
     out = {"step_group_size": 0.0, "step_repeat_fraction": 0.0, "depth_none": 0.0}

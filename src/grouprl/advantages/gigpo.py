@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .options import MODES, CommonOptions, check_choice, check_range
+from grouprl.validation import check_choice, check_number
+
+from .options import MODES, CommonOptions
 from .outcome import require, row_scores
 from .returns import step_returns
 from .rows import Rows
@@ -50,8 +52,8 @@ class GiGPOOptions(CommonOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range("gamma", self.gamma, 0.0, 1.0)
-        check_range("step_weight", self.step_weight)
+        check_number("gamma", self.gamma, 0.0, 1.0)
+        check_number("step_weight", self.step_weight)
         check_choice("mode", self.mode, MODES)
 
 

@@ -27,8 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
+from grouprl.validation import check_bool, check_choice, check_number
+
 from .gigpo import episode_advantage, step_group_advantage
-from .options import MODES, CommonOptions, check_choice, check_range
+from .options import MODES, CommonOptions
 from .outcome import require
 from .rows import Rows
 from .segments import pair_codes
@@ -56,10 +58,10 @@ class GraphGPOOptions(CommonOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range("omega", self.omega, 0.0, 1.0, low_open=True, high_open=True)
-        check_range("step_weight", self.step_weight)
-        check_range("episode_weight", self.episode_weight)
-        check_choice("normalize_distance", self.normalize_distance, (False, True))
+        check_number("omega", self.omega, 0.0, 1.0, low_open=True, high_open=True)
+        check_number("step_weight", self.step_weight)
+        check_number("episode_weight", self.episode_weight)
+        check_bool("normalize_distance", self.normalize_distance)
         check_choice("mode", self.mode, MODES)
 
 

@@ -32,8 +32,10 @@ from dataclasses import dataclass
 
 import torch
 
+from grouprl.validation import check_bool, check_choice, check_int, check_number
+
 from .gigpo import episode_advantage
-from .options import MODES, CommonOptions, check_choice, check_range
+from .options import MODES, CommonOptions
 from .outcome import require
 from .returns import step_returns
 from .rows import Rows
@@ -62,10 +64,10 @@ class HGPOOptions(CommonOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range("gamma", self.gamma, 0.0, 1.0)
-        check_range("history_length", self.history_length, 0, integer=True)
-        check_range("alpha", self.alpha)
-        check_choice("base_group", self.base_group, (False, True))
+        check_number("gamma", self.gamma, 0.0, 1.0)
+        check_int("history_length", self.history_length, 0)
+        check_number("alpha", self.alpha)
+        check_bool("base_group", self.base_group)
         check_choice("mode", self.mode, MODES)
         check_choice("level_offset", self.level_offset, (0, 1))
 

@@ -7,33 +7,15 @@ accepted values.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
 
-from grouprl.validation import check_choice
+from grouprl.validation import check_choice, check_number, check_range
 
-__all__ = ["CommonOptions", "check_choice", "check_range"]  # check_choice re-exported
+# check_choice / check_range live in grouprl.validation; re-exported for the old import path.
+__all__ = ["CommonOptions", "check_choice", "check_range"]
 
 MODES = ("mean_norm", "mean_std_norm")
 COMPATS = ("native", "reference")
-
-
-def check_range(name: str, value: Any, low: float | None = None, high: float | None = None, *,
-                low_open: bool = False, high_open: bool = False, integer: bool = False) -> None:
-    kind = "an integer" if integer else "a number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
-        raise ValueError(f"{name}: must be {kind}, got {value!r}")
-    below = low is not None and (value <= low if low_open else value < low)
-    above = high is not None and (value >= high if high_open else value > high)
-    if below or above:
-        lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
-        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
-        span = f"{lo}, {hi}" if low is not None and high is not None else (
-            f">{'' if low_open else '='} {low}" if low is not None else
-            f"<{'' if high_open else '='} {high}")
-        raise ValueError(f"{name}: must be in {span}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -54,6 +36,6 @@ class CommonOptions:
     compat: str = "native"
 
     def __post_init__(self) -> None:
-        check_range("invalid_penalty", self.invalid_penalty)
-        check_range("epsilon", self.epsilon, 0.0)
+        check_number("invalid_penalty", self.invalid_penalty)
+        check_number("epsilon", self.epsilon, 0.0)
         check_choice("compat", self.compat, COMPATS)

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .options import MODES, CommonOptions, check_choice
+from grouprl.validation import check_bool, check_choice
+
+from .options import MODES, CommonOptions
 from .rows import Rows
 from .segments import group_normalize, pair_codes, segment_stats, segment_sum
 
@@ -40,7 +42,7 @@ class GRPOOptions(CommonOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("mode", self.mode, MODES)
-        check_choice("by_agent", self.by_agent, (False, True))
+        check_bool("by_agent", self.by_agent)
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class DrGRPOOptions(CommonOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("by_agent", self.by_agent, (False, True))
+        check_bool("by_agent", self.by_agent)
 
 
 def require(rows: Rows, field: str, column: str, estimator: str, why: str = "") -> torch.Tensor:

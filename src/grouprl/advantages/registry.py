@@ -8,13 +8,14 @@ estimator in float64 and returns float32 advantages in the input row order.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from grouprl.batch import RolloutBatch
+from grouprl.validation import check_options
 
 from .canon import CANONOptions, canon
 from .gigpo import GiGPOOptions, gigpo
@@ -34,15 +35,31 @@ from .outcome import (
 from .rows import Rows, prepare_rows
 
 __all__ = ["Estimator", "available_estimators", "compute_advantages", "register_estimator",
-           "estimator_options"]
+           "estimator_options", "estimator_spec"]
 
 
 @dataclass(frozen=True)
 class Estimator:
+    """A registered estimator and what it declares it needs.
+
+    Attributes:
+        needs: ``RolloutBatch`` columns beyond the common ones (``state``, ``next_state``).
+        row_inputs: ``options → {option: input}``: per-row tensors a trainer must supply as
+            options, by input name — ``response_length`` (tokens of each response; supplied
+            when a row is a whole response) or ``token_entropy`` (mean per-token entropy of each
+            response under the policy before the update).
+        run_defaults: ``{option: setting}``: options that default to a run setting when unset
+            (``history_length``: the agent's memory window; ``max_new_tokens``).
+        single_turn: the estimator is defined on single-turn rows only (one response per task).
+    """
+
     fn: Callable[[Rows, Any], torch.Tensor]
     options: type[CommonOptions]
     needs: tuple[str, ...] = ()
     summary: str = ""
+    row_inputs: Callable[[Mapping[str, Any]], Mapping[str, str]] = lambda options: {}
+    run_defaults: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    single_turn: bool = False
 
 
 _REGISTRY: dict[str, Estimator] = {}
@@ -50,23 +67,39 @@ _REGISTRY: dict[str, Estimator] = {}
 
 def register_estimator(name: str, fn: Callable[[Rows, Any], torch.Tensor],
                        options: type[CommonOptions], needs: tuple[str, ...] = (),
-                       summary: str = "") -> None:
-    """Add an estimator: ``fn(rows, options) -> float64 [N]`` in input row order."""
+                       summary: str = "", *,
+                       row_inputs: Callable[[Mapping[str, Any]], Mapping[str, str]] | None = None,
+                       run_defaults: Mapping[str, str] | None = None,
+                       single_turn: bool = False) -> None:
+    """Add an estimator: ``fn(rows, options) -> float64 [N]`` in input row order, with its
+    declarations (see :class:`Estimator`)."""
     if not dataclasses.is_dataclass(options) or not issubclass(options, CommonOptions):
         raise TypeError("options: must be a dataclass subclassing CommonOptions")
-    _REGISTRY[name] = Estimator(fn, options, tuple(needs), summary)
+    _REGISTRY[name] = Estimator(fn, options, tuple(needs), summary,
+                                row_inputs or (lambda o: {}), dict(run_defaults or {}),
+                                single_turn)
+
+
+def _canon_inputs(options: Mapping[str, Any]) -> dict[str, str]:
+    """CANON's metric: response length, or the old policy's mean token entropy (spec §A10)."""
+    direction = options.get("direction", "length")
+    return {"metric": "response_length" if direction == "length" else "token_entropy"}
 
 
 register_estimator("grpo", grpo, GRPOOptions, (), "(s − mean_g) / (std_g + ε)")
 register_estimator("dr_grpo", dr_grpo, DrGRPOOptions, (), "s − mean_g")
 register_estimator("rloo", rloo, RLOOOptions, (), "n/(n−1) · (s − mean_g)")
 register_estimator("reinforce_pp", reinforce_pp, ReinforcePPOptions, (),
-                   "whiten_batch(s − mean_g)")
+                   "whiten_batch(s − mean_g)",
+                   row_inputs=lambda o: {"response_length": "response_length"})
 register_estimator("canon", canon, CANONOptions, (),
-                   "[μ_w·inter + (1 − μ_w)·intra] / L_max over metric halves")
+                   "[μ_w·inter + (1 − μ_w)·intra] / L_max over metric halves",
+                   row_inputs=_canon_inputs, run_defaults={"l_max": "max_new_tokens"},
+                   single_turn=True)
 register_estimator("gigpo", gigpo, GiGPOOptions, ("state",), "A_E + ω · A_S(anchor state)")
 register_estimator("hgpo", hgpo, HGPOOptions, ("state",),
-                   "Σ_k w_k a_k / Σ_k w_k over context groups of depth k ≤ K")
+                   "Σ_k w_k a_k / Σ_k w_k over context groups of depth k ≤ K",
+                   run_defaults={"history_length": "history_length"})  # K = the memory window
 register_estimator("graphgpo", graphgpo, GraphGPOOptions, ("state", "next_state"),
                    "β_s · A_step(10 ω^d(s')) + β_E · A_E")
 
@@ -83,14 +116,16 @@ def _lookup(name: str) -> Estimator:
     return _REGISTRY[name]
 
 
+def estimator_spec(name: str) -> Estimator:
+    """The registered estimator ``name`` with its declarations."""
+    return _lookup(name)
+
+
 def estimator_options(name: str, **options: Any) -> CommonOptions:
     """Build and validate the options of estimator ``name`` (defaults filled in)."""
     spec = _lookup(name)
-    accepted = [f.name for f in dataclasses.fields(spec.options)]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"{unknown[0]}: not an option of {name!r}; accepted options: "
-                         + ", ".join(accepted))
+    check_options(f"estimator {name!r}", options,
+                  [f.name for f in dataclasses.fields(spec.options)])
     return spec.options(**options)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from grouprl.validation import check_number
+
 from .rows import Rows
 
 __all__ = ["discounted_returns", "step_returns", "broadcast_to_tokens"]
@@ -43,8 +45,7 @@ def discounted_returns(traj_id, step, reward, gamma: float) -> torch.Tensor:
 
     from .rows import prepare_rows
 
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma: must lie in [0, 1], got {gamma}")
+    check_number("gamma", gamma, 0.0, 1.0)
     rows = prepare_rows(RolloutBatch(group_id=traj_id, traj_id=traj_id, step=step, reward=reward))
     return step_returns(rows, gamma).to(torch.float32)
 

@@ -21,41 +21,24 @@ differs under Sokoban's shaped rewards; spec §4.4 / open question 7).
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from grouprl.agent.memory import HistoryMemory
 from grouprl.agent.parser import parse_action
 from grouprl.agent.prompts import PromptTemplate, apply_chat_template, render_from_memory
-from grouprl.batch import RolloutBatch, state_ids
+from grouprl.batch import (
+    Rollout,
+    RolloutBatch,
+    concat_rollouts,
+    episode_metrics,
+    pad_concat,
+    select_groups,
+    state_ids,
+)
 
-__all__ = ["Rollout", "collect_rollouts", "render_prompt"]
-
-
-@dataclass
-class Rollout:
-    """The rows of one rollout phase and their token tensors (row i of each tensor = row i)."""
-
-    batch: RolloutBatch
-    prompt_ids: torch.Tensor       # (N, P) left-padded
-    prompt_mask: torch.Tensor      # (N, P)
-    response_ids: torch.Tensor     # (N, R) right-padded
-    response_mask: torch.Tensor    # (N, R)
-    logprobs: torch.Tensor         # (N, R) sampling log-probs (0 on padding)
-    episode_return: torch.Tensor   # (E,) per kept episode
-    episode_length: torch.Tensor   # (E,)
-    episode_won: torch.Tensor      # (E,) bool
-    episode_group: torch.Tensor    # (E,) group id of each kept episode
-    responses: list[str] = field(default_factory=list)  # decoded reply of each row
-    metrics: dict[str, float] = field(default_factory=dict)
-    truncated: torch.Tensor | None = None  # (N,) bool: the generation hit max_new_tokens
-    extras: list[dict | None] = field(default_factory=list)  # env step info["extra"] per row
-
-    def __len__(self) -> int:
-        return int(self.prompt_ids.shape[0])
+__all__ = ["Rollout", "collect_rollouts", "render_prompt", "concat_rollouts", "select_groups"]
 
 
 def render_prompt(template: PromptTemplate, memory: HistoryMemory, env_index: int, *,
@@ -78,12 +61,6 @@ class _RawAction:
 
     def __init__(self, text: str) -> None:
         self.action = text
-
-
-def _pad_cat(parts: list[torch.Tensor], width: int, value: float, left: bool) -> torch.Tensor:
-    padded = [F.pad(p, (width - p.shape[1], 0) if left else (0, width - p.shape[1]), value=value)
-              for p in parts]
-    return torch.cat(padded, 0) if padded else torch.zeros(0, width)
 
 
 def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
@@ -196,11 +173,11 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
 
     p_width = max((p.shape[1] for p in prompt_parts), default=0)
     r_width = max((p.shape[1] for p in resp_parts), default=0)
-    prompt_ids = _pad_cat(prompt_parts, p_width, pad_token_id, left=True)[order]
-    prompt_mask = _pad_cat(prompt_mask_parts, p_width, 0, left=True)[order]
-    response_ids = _pad_cat(resp_parts, r_width, pad_token_id, left=False)[order]
-    response_mask = _pad_cat(resp_mask_parts, r_width, 0, left=False)[order]
-    logprobs = _pad_cat(logp_parts, r_width, 0.0, left=False)[order]
+    prompt_ids = pad_concat(prompt_parts, p_width, pad_token_id, left=True)[order]
+    prompt_mask = pad_concat(prompt_mask_parts, p_width, 0, left=True)[order]
+    response_ids = pad_concat(resp_parts, r_width, pad_token_id, left=False)[order]
+    response_mask = pad_concat(resp_mask_parts, r_width, 0, left=False)[order]
+    logprobs = pad_concat(logp_parts, r_width, 0.0, left=False)[order]
 
     idx = order.tolist()
     vocab = {} if vocabulary is None else vocabulary
@@ -225,7 +202,7 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
     ep_won = torch.tensor(won, dtype=torch.bool)[kept_t]
     metrics = {"truncated_generations": float(truncated_generations),
                "failed_trajectories": float(sum(failed))}
-    metrics.update(_episode_metrics(ep_return, ep_length, ep_won,
+    metrics.update(episode_metrics(ep_return, ep_length, ep_won,
                                     torch.as_tensor(batch.invalid)))
     return Rollout(batch=batch, prompt_ids=prompt_ids, prompt_mask=prompt_mask,
                    response_ids=response_ids, response_mask=response_mask, logprobs=logprobs,
@@ -234,83 +211,3 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
                    responses=[rec_text[k] for k in idx], metrics=metrics,
                    truncated=torch.tensor(rec_truncated, dtype=torch.bool)[order],
                    extras=[rec_extra[k] for k in idx])
-
-
-def _episode_metrics(ret: torch.Tensor, length: torch.Tensor, won: torch.Tensor,
-                     invalid: torch.Tensor) -> dict[str, float]:
-    e = ret.numel()
-    return {"success_rate": float(won.float().mean()) if e else 0.0,
-            "episode_return": float(ret.float().mean()) if e else 0.0,
-            "episode_length": float(length.float().mean()) if e else 0.0,
-            "invalid_rate": float(invalid.float().mean()) if invalid.numel() else 0.0,
-            "rows": float(invalid.numel())}
-
-
-def concat_rollouts(parts: Sequence[Rollout], pad_token_id: int = 0) -> Rollout:
-    """One rollout from several (dynamic sampling keeps groups from repeated tries)."""
-    if not parts:
-        raise ValueError("concat_rollouts: no rollouts to concatenate")
-    p_width = max(r.prompt_ids.shape[1] for r in parts)
-    r_width = max(r.response_ids.shape[1] for r in parts)
-
-    def cols(name: str) -> torch.Tensor:
-        return torch.cat([torch.as_tensor(getattr(r.batch, name)) for r in parts])
-
-    batch = RolloutBatch(group_id=cols("group_id"), traj_id=cols("traj_id"), step=cols("step"),
-                         reward=cols("reward"), state=cols("state"),
-                         next_state=cols("next_state"), success=cols("success"),
-                         invalid=cols("invalid"))
-    metrics = {k: sum(r.metrics[k] for r in parts) for k in
-               ("truncated_generations", "failed_trajectories")}
-    won = torch.cat([r.episode_won for r in parts])
-    ret = torch.cat([r.episode_return for r in parts])
-    length = torch.cat([r.episode_length for r in parts])
-    metrics.update(_episode_metrics(ret, length, won, torch.as_tensor(batch.invalid)))
-    return Rollout(
-        batch=batch,
-        prompt_ids=_pad_cat([r.prompt_ids for r in parts], p_width, pad_token_id, True),
-        prompt_mask=_pad_cat([r.prompt_mask for r in parts], p_width, 0, True),
-        response_ids=_pad_cat([r.response_ids for r in parts], r_width, pad_token_id, False),
-        response_mask=_pad_cat([r.response_mask for r in parts], r_width, 0, False),
-        logprobs=_pad_cat([r.logprobs for r in parts], r_width, 0.0, False),
-        episode_return=ret, episode_length=length, episode_won=won,
-        episode_group=torch.cat([r.episode_group for r in parts]),
-        responses=[s for r in parts for s in r.responses], metrics=metrics,
-        truncated=torch.cat([_truncated(r) for r in parts]),
-        extras=[e for r in parts for e in _extras(r)])
-
-
-def _truncated(r: Rollout) -> torch.Tensor:
-    return r.truncated if r.truncated is not None else torch.zeros(len(r), dtype=torch.bool)
-
-
-def _extras(r: Rollout) -> list[dict | None]:
-    return r.extras if len(r.extras) == len(r) else [None] * len(r)
-
-
-def select_groups(rollout: Rollout, groups: torch.Tensor, pad_token_id: int = 0) -> Rollout:
-    """The rows and episodes of the given group ids only (dynamic sampling)."""
-    gid = torch.as_tensor(rollout.batch.group_id)
-    rows = torch.isin(gid, groups)
-    eps = torch.isin(rollout.episode_group, groups)
-    b = rollout.batch
-
-    def col(x: Any) -> torch.Tensor:
-        return torch.as_tensor(x)[rows]
-
-    batch = RolloutBatch(group_id=col(b.group_id), traj_id=col(b.traj_id), step=col(b.step),
-                         reward=col(b.reward), state=col(b.state), next_state=col(b.next_state),
-                         success=col(b.success), invalid=col(b.invalid))
-    idx = torch.nonzero(rows).flatten().tolist()
-    out = Rollout(batch=batch, prompt_ids=rollout.prompt_ids[rows],
-                  prompt_mask=rollout.prompt_mask[rows], response_ids=rollout.response_ids[rows],
-                  response_mask=rollout.response_mask[rows], logprobs=rollout.logprobs[rows],
-                  episode_return=rollout.episode_return[eps],
-                  episode_length=rollout.episode_length[eps],
-                  episode_won=rollout.episode_won[eps], episode_group=rollout.episode_group[eps],
-                  responses=[rollout.responses[k] for k in idx], metrics=dict(rollout.metrics),
-                  truncated=_truncated(rollout)[rows],
-                  extras=[_extras(rollout)[k] for k in idx])
-    out.metrics.update(_episode_metrics(out.episode_return, out.episode_length, out.episode_won,
-                                        torch.as_tensor(batch.invalid)))
-    return out

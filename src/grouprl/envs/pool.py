@@ -10,13 +10,14 @@
   cannot kill a thread, so the hung call keeps running in the background (and the interpreter
   waits for it at exit) while its env object is dropped, never touched again, and replaced.
   Envs should release the GIL (I/O, subprocesses, native code) for threads to help.
-* ``backend="process"``: one worker process per env (start method ``forkserver`` where
-  available, else ``spawn``), talking over a ``multiprocessing.Pipe`` polled with a timeout.  A
-  hung or crashed worker is terminated (SIGTERM, then SIGKILL) and a fresh one started; the other
-  envs, each in its own process, are unaffected.  Factories must be importable in the worker:
-  built-in names, ``"module:Attr"`` import strings and module-level registered factories work.
-  As with any spawn/forkserver multiprocessing, a script that builds such a pool must guard its
-  entry point with ``if __name__ == "__main__":`` (workers re-import the main module).
+* ``backend="process"``: a :class:`grouprl.workers.WorkerPool` with one persistent worker
+  process per env (start method ``forkserver`` where available, else ``spawn``); each call is
+  pinned to its env's worker.  A hung worker is terminated (SIGTERM, which runs the env's
+  ``close()``, then SIGKILL after 1 s), a crashed one reaped, and a fresh one started at once;
+  the other envs, each in its own process, are unaffected.  Factories must be importable in the
+  worker: built-in names, ``"module:Attr"`` import strings and module-level registered factories
+  work.  As with any spawn/forkserver multiprocessing, a script that builds such a pool must
+  guard its entry point with ``if __name__ == "__main__":`` (workers re-import the main module).
 
 Results (:class:`ResetResult`, :class:`StepResult`) are plain dataclasses.  The pool counts steps
 since reset and ends an episode at ``max_steps`` (``done=True, truncated=True``).  When an env's
@@ -32,17 +33,16 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
-import os
 import pickle
-import signal
-import sys
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from multiprocessing.connection import wait as wait_connections
-from typing import Any, NamedTuple
+from functools import partial
+from typing import Any
+
+from grouprl.validation import check_choice, check_int, check_number
+from grouprl.workers import CallResult, WorkerPool, WorkerStartError
 
 from .base import OPTIONAL_STEP_INFO_KEYS, RESET_INFO_KEYS, STEP_INFO_KEYS, anchor_of
 from .registry import resolve_factory
@@ -87,13 +87,6 @@ class StepResult:
     extra: dict | None = None
 
 
-class _Outcome(NamedTuple):
-    ok: bool
-    value: Any = None
-    error: str | None = None
-    timed_out: bool = False
-
-
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -105,7 +98,7 @@ def _slim(info: Any, keys: Sequence[str]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Backends: call({env index: (method, argument)}, timeout) -> {env index: _Outcome}
+# Backends: call({env index: (method, argument)}, timeout) -> {env index: CallResult}
 # --------------------------------------------------------------------------------------------
 
 
@@ -121,18 +114,19 @@ class _SerialBackend:
             except Exception as exc:
                 raise RuntimeError(f"env {i}: construction failed: {_describe(exc)}") from exc
 
-    def call(self, calls: dict[int, tuple[str, Any]], timeout: float | None) -> dict[int, _Outcome]:
+    def call(self, calls: dict[int, tuple[str, Any]],
+             timeout: float | None) -> dict[int, CallResult]:
         out = {}
         for i, (method, arg) in calls.items():
             try:
                 if self.envs[i] is None:
                     self.envs[i] = self.factory(**self.kwargs)
-                out[i] = _Outcome(True, getattr(self.envs[i], method)(arg))
+                out[i] = CallResult(True, getattr(self.envs[i], method)(arg))
             except Exception as exc:
-                out[i] = _Outcome(False, error=_describe(exc))
+                out[i] = CallResult(False, error=_describe(exc))
         return out
 
-    def restart(self, i: int, hung: bool) -> None:
+    def restart(self, i: int, out: CallResult) -> None:
         old, self.envs[i] = self.envs[i], None  # rebuilt lazily by the next call
         _close_quietly(old)
 
@@ -169,16 +163,17 @@ class _ThreadBackend(_SerialBackend):
                 raise RuntimeError(f"env {i}: construction failed: {_describe(exc)}") from exc
 
     def _invoke(self, i: int, env: Any, method: str, arg: Any,
-                starts: dict[int, float]) -> tuple[Any, _Outcome]:
+                starts: dict[int, float]) -> tuple[Any, CallResult]:
         starts[i] = time.monotonic()
         try:
             if env is None:
                 env = self.factory(**self.kwargs)
-            return env, _Outcome(True, getattr(env, method)(arg))
+            return env, CallResult(True, getattr(env, method)(arg))
         except Exception as exc:
-            return env, _Outcome(False, error=_describe(exc))
+            return env, CallResult(False, error=_describe(exc))
 
-    def call(self, calls: dict[int, tuple[str, Any]], timeout: float | None) -> dict[int, _Outcome]:
+    def call(self, calls: dict[int, tuple[str, Any]],
+             timeout: float | None) -> dict[int, CallResult]:
         starts: dict[int, float] = {}
         index: dict[Future, int] = {}
 
@@ -191,7 +186,7 @@ class _ThreadBackend(_SerialBackend):
         for i in calls:
             submit(i)
         pending = set(index)
-        out: dict[int, _Outcome] = {}
+        out: dict[int, CallResult] = {}
         while pending:
             wait_s = None
             if timeout is not None:
@@ -203,7 +198,7 @@ class _ThreadBackend(_SerialBackend):
                 i = index[fut]
                 exc = fut.exception()
                 if exc is not None:  # a BaseException escaped _invoke
-                    out[i] = _Outcome(False, error=_describe(exc))
+                    out[i] = CallResult(False, error=_describe(exc))
                     continue
                 env, out[i] = fut.result()
                 self.envs[i] = env  # keeps a lazily built env (also when the call raised)
@@ -218,7 +213,7 @@ class _ThreadBackend(_SerialBackend):
                 i = index[fut]
                 pending.discard(fut)
                 self.hung.add(i)
-                out[i] = _Outcome(False, error=f"timeout after {timeout}s", timed_out=True)
+                out[i] = CallResult(False, error=f"timeout after {timeout}s", timed_out=True)
             # The hung threads keep their workers forever: move to a fresh executor and resubmit
             # the calls that have not started yet.
             old, self.executor = self.executor, self._new_executor()
@@ -229,12 +224,12 @@ class _ThreadBackend(_SerialBackend):
             old.shutdown(wait=False)
         return out
 
-    def restart(self, i: int, hung: bool) -> None:
+    def restart(self, i: int, out: CallResult) -> None:
         if i in self.hung:  # abandoned: a background thread may still be using it
             self.hung.discard(i)
             self.envs[i] = None
         else:
-            super().restart(i, hung)
+            super().restart(i, out)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -243,186 +238,60 @@ class _ThreadBackend(_SerialBackend):
         super().close()
 
 
-# -- process backend ------------------------------------------------------------------------
+# -- process backend: a WorkerPool with one env per worker --------------------------------------
 
 
-def _worker_main(conn: Connection, factory: Callable[..., Any] | None, name: str,
-                 kwargs: dict[str, Any]) -> None:
-    """Worker process: build the env, then serve ``(method, arg)`` requests until "close"."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the finally: close the env
-    env = None
-    try:
-        try:
-            env = (factory or resolve_factory(name))(**kwargs)
-        except Exception as exc:
-            conn.send(("error", f"construction failed: {_describe(exc)}"))
-            return
-        conn.send(("ready", os.getpid()))
-        while True:
-            try:
-                method, arg = conn.recv()
-            except (EOFError, OSError):
-                return  # the parent went away
-            if method == "close":
-                return
-            try:
-                if method == "reset":
-                    obs, info = env.reset(arg)
-                    reply: tuple[str, Any] = ("ok", (obs, _slim(info, RESET_INFO_KEYS)))
-                else:
-                    obs, reward, done, info = env.step(arg)
-                    reply = ("ok", (obs, reward, done,
-                                    _slim(info, STEP_INFO_KEYS + OPTIONAL_STEP_INFO_KEYS)))
-            except Exception as exc:
-                reply = ("error", _describe(exc))
-            try:
-                conn.send(reply)
-            except Exception as exc:  # the result could not be pickled
-                conn.send(("error", f"cannot send the result: {_describe(exc)}"))
-    finally:
-        _close_quietly(env)
-        with contextlib.suppress(Exception):
-            conn.close()
+def _make_env(factory: Callable[..., Any] | None, name: str, kwargs: dict[str, Any]) -> Any:
+    """Worker state: the env (an unpicklable factory is resolved by name in the worker)."""
+    return (factory or resolve_factory(name))(**kwargs)
 
 
-class _Worker:
-    """Parent-side handle of one worker process."""
-
-    def __init__(self, ctx: Any, factory: Callable[..., Any] | None, name: str,
-                 kwargs: dict[str, Any], label: str) -> None:
-        self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child, factory, name, kwargs),
-                                   name=label, daemon=True)
-        self.process.start()
-        child.close()
-        self.ready = False
-
-    def exit_note(self) -> str:
-        self.process.join(0.2)
-        code = self.process.exitcode
-        return "worker process died" + ("" if code is None else f" (exit code {code})")
-
-    def recv(self) -> _Outcome:
-        try:
-            kind, payload = self.conn.recv()
-        except (EOFError, OSError):
-            return _Outcome(False, error=self.exit_note())
-        if kind == "error":
-            return _Outcome(False, error=payload)
-        return _Outcome(True, payload)
-
-    def kill(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.close()
-        p = self.process
-        if p.is_alive():
-            p.terminate()
-            p.join(1.0)
-        if p.is_alive():
-            p.kill()
-        p.join(1.0)
-        with contextlib.suppress(Exception):
-            p.close()
+def _env_call(env: Any, request: tuple[str, Any]) -> tuple[Any, ...]:
+    """Worker call: ``("reset", seed)`` or ``("step", action)``, info slimmed to what pickles."""
+    method, arg = request
+    if method == "reset":
+        obs, info = env.reset(arg)
+        return obs, _slim(info, RESET_INFO_KEYS)
+    obs, reward, done, info = env.step(arg)
+    return obs, reward, done, _slim(info, STEP_INFO_KEYS + OPTIONAL_STEP_INFO_KEYS)
 
 
 class _ProcessBackend:
     def __init__(self, factory: Callable[..., Any], name: str, kwargs: dict[str, Any], n: int,
-                 start_method: str | None, start_timeout: float | None) -> None:
+                 start_method: str | None, start_timeout: float | None,
+                 step_timeout: float | None) -> None:
         methods = mp.get_all_start_methods()
         method = start_method or ("forkserver" if "forkserver" in methods else "spawn")
-        if method not in methods:
-            raise ValueError(f"start_method: {method!r} is not available here; accepted: "
-                             + ", ".join(methods))
-        self.ctx = mp.get_context(method)
-        if method == "forkserver":  # workers fork from a server that imported grouprl.envs once
-            self.ctx.set_forkserver_preload(["__main__", "grouprl.envs"])
         try:
             pickle.dumps(factory)
             self.factory: Callable[..., Any] | None = factory
         except Exception:  # e.g. a lambda: the worker resolves the name itself
             self.factory = None
-        self.name, self.kwargs = name, kwargs
-        self.start_timeout = start_timeout
-        self.workers: list[_Worker | None] = [None] * n
-
-    def _spawn(self, i: int) -> None:
-        self.workers[i] = _Worker(self.ctx, self.factory, self.name, self.kwargs,
-                                  f"grouprl-env-{i}")
+        # kill_grace: a hung env gets 1 s after SIGTERM to run its close() (e.g. stop a JVM)
+        self.pool = WorkerPool(partial(_make_env, self.factory, name, kwargs), _env_call, n,
+                               finalize=_close_quietly, timeout=step_timeout,
+                               start_timeout=start_timeout, kill_grace=1.0, start_method=method,
+                               preload=("__main__", "grouprl.envs"), name="grouprl-env")
 
     def start(self, start_timeout: float | None) -> None:
-        for i in range(len(self.workers)):
-            self._spawn(i)
-        failed = self._await_ready(list(range(len(self.workers))))
-        if failed:
-            i, out = next(iter(failed.items()))
+        try:
+            self.pool.start()
+        except WorkerStartError as err:
             hint = ("" if self.factory is not None else "; the factory cannot be pickled, so "
                     "register a module-level factory or use a 'module:Attr' import string")
-            raise RuntimeError(f"env {i}: worker failed to start: {out.error}{hint}")
+            raise RuntimeError(f"env {err.index}: worker failed to start: {err.reason}{hint}"
+                               ) from None
 
-    def _await_ready(self, indices: list[int]) -> dict[int, _Outcome]:
-        """Wait for the workers' "ready" message; returns the failures."""
-        waiting = {self.workers[i].conn: i for i in indices if not self.workers[i].ready}
-        deadline = None if self.start_timeout is None else time.monotonic() + self.start_timeout
-        failed: dict[int, _Outcome] = {}
-        while waiting:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = wait_connections(list(waiting), timeout=left)
-            if not ready:
-                for i in waiting.values():
-                    failed[i] = _Outcome(False, error=f"timeout after {self.start_timeout}s "
-                                         "starting the env", timed_out=True)
-                break
-            for conn in ready:
-                i = waiting.pop(conn)
-                out = self.workers[i].recv()
-                if out.ok:
-                    self.workers[i].ready = True
-                else:
-                    failed[i] = out
-        return failed
+    def call(self, calls: dict[int, tuple[str, Any]],
+             timeout: float | None) -> dict[int, CallResult]:
+        return self.pool.call(calls)  # the pool's timeout is step_timeout
 
-    def call(self, calls: dict[int, tuple[str, Any]], timeout: float | None) -> dict[int, _Outcome]:
-        out = self._await_ready(list(calls))
-        waiting: dict[Connection, int] = {}
-        for i, request in calls.items():
-            if i in out:
-                continue
-            worker = self.workers[i]
-            try:
-                worker.conn.send(request)
-                waiting[worker.conn] = i
-            except Exception as exc:
-                out[i] = _Outcome(False, error=f"{worker.exit_note()}; {_describe(exc)}")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while waiting:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = wait_connections(list(waiting), timeout=left)
-            if not ready:
-                for i in waiting.values():
-                    out[i] = _Outcome(False, error=f"timeout after {timeout}s", timed_out=True)
-                break
-            for conn in ready:
-                i = waiting.pop(conn)
-                out[i] = self.workers[i].recv()
-        return out
-
-    def restart(self, i: int, hung: bool) -> None:
-        worker = self.workers[i]
-        if worker is not None:
-            worker.kill()
-        self._spawn(i)  # ready is awaited by the next call
+    def restart(self, i: int, out: CallResult) -> None:
+        if not out.restarted:  # a hung or dead worker was replaced already
+            self.pool.restart(i)
 
     def close(self) -> None:
-        live = [w for w in self.workers if w is not None]
-        self.workers = [None] * len(self.workers)
-        for w in live:  # ask politely first, all at once
-            with contextlib.suppress(Exception):
-                w.conn.send(("close", None))
-        deadline = time.monotonic() + 2.0
-        for w in live:
-            w.process.join(max(0.0, deadline - time.monotonic()))
-            w.kill()
+        self.pool.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,7 +312,8 @@ class EnvPool:
             limit; not enforced by ``"serial"``).
         num_workers: threads of the ``"thread"`` backend (default ``num_envs``); must stay
             ``None`` for the others (``"process"`` always runs one worker per env).
-        max_restarts: ``RuntimeError`` once more restarts than this would be needed.
+        max_restarts: env replacements allowed over the pool's lifetime, all backends
+            (default 100); the failure that would need one more raises ``RuntimeError``.
         start_timeout: seconds a worker process may take to build its env (``"process"``;
             ``None``: no limit) and the thread backend's initial construction.
         start_method: multiprocessing start method of ``"process"`` (default ``"forkserver"``
@@ -460,23 +330,18 @@ class EnvPool:
                  start_method: str | None = None) -> None:
         self._closed = True  # until fully built (close()/__del__ stay safe)
         self._backend: Any = None
-        _check_int(num_envs, "num_envs", 1)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend: unknown {backend!r}; accepted: {', '.join(BACKENDS)}")
-        if max_steps is not None:
-            _check_int(max_steps, "max_steps", 1)
+        check_int("num_envs", num_envs, 1)
+        check_choice("backend", backend, BACKENDS)
+        check_int("max_steps", max_steps, 1, none_ok=True)
         for name, value in (("step_timeout", step_timeout), ("start_timeout", start_timeout)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or value <= 0):
-                raise ValueError(f"{name}: must be a positive number of seconds or None, "
-                                 f"got {value!r}")
+            check_number(name, value, 0, low_open=True, none_ok=True, note="seconds")
         if num_workers is not None:
             if backend != "thread":
                 raise ValueError(f"num_workers: only used by backend='thread' (the process "
                                  f"backend runs one worker per env); got {num_workers!r} with "
                                  f"backend={backend!r}")
-            _check_int(num_workers, "num_workers", 1)
-        _check_int(max_restarts, "max_restarts", 0)
+            check_int("num_workers", num_workers, 1)
+        check_int("max_restarts", max_restarts, 0)
         if env_kwargs is not None and not isinstance(env_kwargs, dict):
             raise TypeError(f"env_kwargs: must be a dict or None, got {type(env_kwargs).__name__}")
         self.env_name = env_name
@@ -497,7 +362,7 @@ class EnvPool:
                                            num_workers or num_envs)
         else:
             self._backend = _ProcessBackend(factory, env_name, self.env_kwargs, num_envs,
-                                            start_method, start_timeout)
+                                            start_method, start_timeout, self.step_timeout)
         self._closed = False
         try:
             self._backend.start(start_timeout)
@@ -515,7 +380,7 @@ class EnvPool:
         """PIDs of the current worker processes (``"process"`` backend), else ``[]``."""
         if not isinstance(self._backend, _ProcessBackend):
             return []
-        return [None if w is None else w.process.pid for w in self._backend.workers]
+        return self._backend.pool.pids
 
     # -- reset --------------------------------------------------------------------------------
 
@@ -536,7 +401,7 @@ class EnvPool:
                         self._status[i], self._steps[i] = "running", 0
                         continue
                     except Exception as exc:
-                        out = _Outcome(False, error=f"malformed reset result: {_describe(exc)}")
+                        out = CallResult(False, error=f"malformed reset result: {_describe(exc)}")
                 self._fail(i, out)
                 if attempt == RESET_RETRIES:
                     raise RuntimeError(f"env {i}: reset(seed={seeds[i]!r}) failed "
@@ -549,7 +414,7 @@ class EnvPool:
 
     def reset_groups(self, task_seeds: Sequence[int], group_size: int) -> list[ResetResult]:
         """Reset env ``i`` with ``task_seeds[i // group_size]`` (groups of one task each)."""
-        _check_int(group_size, "group_size", 1)
+        check_int("group_size", group_size, 1)
         task_seeds = list(task_seeds)
         if len(task_seeds) * group_size != self._n:
             raise ValueError(f"task_seeds/group_size: len(task_seeds)·group_size = "
@@ -591,7 +456,7 @@ class EnvPool:
                     results[i] = self._step_result(i, out.value)
                     continue
                 except Exception as exc:
-                    out = _Outcome(False, error=f"malformed step result: {_describe(exc)}")
+                    out = CallResult(False, error=f"malformed step result: {_describe(exc)}")
             self._fail(i, out)
             results[i] = StepResult("", 0.0, True, False, False, None, None, failed=True,
                                     error=out.error)
@@ -613,7 +478,7 @@ class EnvPool:
 
     # -- failures -----------------------------------------------------------------------------
 
-    def _fail(self, i: int, out: _Outcome) -> None:
+    def _fail(self, i: int, out: CallResult) -> None:
         """Count a failure and replace env ``i`` by a fresh instance."""
         self._status[i] = "failed"
         self.stats["failures"] += 1
@@ -622,7 +487,7 @@ class EnvPool:
         if self.stats["restarts"] >= self.max_restarts:
             raise RuntimeError(f"env {i} failed ({out.error}) and max_restarts="
                                f"{self.max_restarts} restarts are used up")
-        self._backend.restart(i, out.timed_out)
+        self._backend.restart(i, out)
         self.stats["restarts"] += 1
 
     # -- lifetime -----------------------------------------------------------------------------
@@ -652,9 +517,4 @@ class EnvPool:
     def __repr__(self) -> str:
         return (f"EnvPool({self.env_name!r}, num_envs={self._n}, backend={self.backend!r}, "
                 f"max_steps={self.max_steps}, step_timeout={self.step_timeout})")
-
-
-def _check_int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: must be an int ≥ {minimum}, got {value!r}")
 

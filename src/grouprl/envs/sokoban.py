@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from grouprl.validation import check_int
+
 __all__ = [
     "ACTIONS",
     "SYMBOLS",
@@ -219,8 +221,7 @@ def solve_sokoban(walls: Any, boxes: Iterable[Cell], targets: Iterable[Cell], pl
     this never removes an optimal solution.  The search gives up (``None``) once more than
     ``max_states`` states are stored.  Cells outside ``walls`` count as wall.
     """
-    if not isinstance(max_states, int) or max_states < 1:
-        raise ValueError(f"max_states: must be a positive int, got {max_states!r}")
+    check_int("max_states", max_states, 1)
     wall_arr = np.asarray(walls, dtype=bool)
     if wall_arr.ndim != 2:
         raise ValueError(f"walls: must be a 2-D boolean array, got shape {wall_arr.shape}")
@@ -334,12 +335,12 @@ def generate_level(rng: np.random.Generator | int, dim_room: Sequence[int] = (6,
     ``attempts`` rejections a ``RuntimeError`` names the options to relax.
     """
     dims = _check_dims(dim_room)
-    _check_int(num_boxes, "num_boxes", 1)
-    _check_int(min_solution_length, "min_solution_length", 1)
-    if max_solution_length is not None:
-        _check_int(max_solution_length, "max_solution_length", min_solution_length)
-    _check_int(attempts, "attempts", 1)
-    _check_int(max_states, "max_states", 1)
+    check_int("num_boxes", num_boxes, 1)
+    check_int("min_solution_length", min_solution_length, 1)
+    check_int("max_solution_length", max_solution_length, min_solution_length, none_ok=True,
+              note="at least min_solution_length")
+    check_int("attempts", attempts, 1)
+    check_int("max_states", max_states, 1)
     rows, cols = dims
     if (rows - 2) * (cols - 2) < num_boxes + 1:
         raise ValueError(f"dim_room: {dims} has {(rows - 2) * (cols - 2)} interior cells, too "
@@ -449,11 +450,6 @@ def _check_dims(dim_room: Any) -> tuple[int, int]:
     return rows, cols
 
 
-def _check_int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: must be an int ≥ {minimum}, got {value!r}")
-
-
 # --------------------------------------------------------------------------------------------
 # Environment
 # --------------------------------------------------------------------------------------------
@@ -478,14 +474,13 @@ class SokobanEnv:
                  max_steps: int | None = None, generation_attempts: int = 1000,
                  max_solver_states: int = 100_000) -> None:
         self.dim_room = _check_dims(dim_room)
-        _check_int(num_boxes, "num_boxes", 1)
-        _check_int(min_solution_length, "min_solution_length", 1)
-        if max_solution_length is not None:
-            _check_int(max_solution_length, "max_solution_length", min_solution_length)
-        if max_steps is not None:
-            _check_int(max_steps, "max_steps", 1)
-        _check_int(generation_attempts, "generation_attempts", 1)
-        _check_int(max_solver_states, "max_solver_states", 1)
+        check_int("num_boxes", num_boxes, 1)
+        check_int("min_solution_length", min_solution_length, 1)
+        check_int("max_solution_length", max_solution_length, min_solution_length, none_ok=True,
+                  note="at least min_solution_length")
+        check_int("max_steps", max_steps, 1, none_ok=True)
+        check_int("generation_attempts", generation_attempts, 1)
+        check_int("max_solver_states", max_solver_states, 1)
         rows, cols = self.dim_room
         if (rows - 2) * (cols - 2) < num_boxes + 1:
             raise ValueError(f"dim_room: {self.dim_room} has {(rows - 2) * (cols - 2)} interior "
@@ -502,9 +497,7 @@ class SokobanEnv:
 
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
         """Generate the level of ``seed`` (``None``: fresh OS entropy) and start an episode."""
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
-                                 or seed < 0):
-            raise ValueError(f"seed: must be a non-negative int or None, got {seed!r}")
+        check_int("seed", seed, 0, none_ok=True)
         level = generate_level(np.random.default_rng(None if seed is None else int(seed)),
                                self.dim_room, self.num_boxes, self.min_solution_length,
                                self.max_solution_length, attempts=self.generation_attempts,

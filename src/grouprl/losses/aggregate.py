@@ -21,18 +21,22 @@ micro-batch loss by ``dp_size`` (verl's engine path does this).
 Masked positions never reach the arithmetic: ``torch.where(mask, loss_mat, 0)``, so NaN or inf
 padding changes nothing. Every denominator is clamped to at least 1, in every compat, so a fully
 masked micro-batch gives loss 0 and zero gradient (verl and TRL give NaN there).
+
+``(mode, compat, max_len)`` are validated once into an :class:`AggregateOptions`
+(:func:`aggregate_options`, cached per distinct value), so calling :func:`aggregate` on every
+micro-batch does no option checking.
 """
 
 from __future__ import annotations
 
-import math
-from numbers import Real
+from dataclasses import dataclass
 
 import torch
 
-from grouprl.validation import check_choice
+from grouprl.validation import check_choice, check_int, check_number, memoize
 
-__all__ = ["AGG_MODES", "COMPATS", "aggregate", "normalizer_counts", "check_choice", "bool_mask"]
+__all__ = ["AGG_MODES", "COMPATS", "AggregateOptions", "aggregate", "aggregate_options",
+           "normalizer_counts", "check_choice", "bool_mask"]  # check_choice: old import path
 
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 COMPATS = ("native", "verl", "trl")
@@ -45,12 +49,32 @@ def bool_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask if mask.dtype == torch.bool else mask != 0
 
 
+@dataclass(frozen=True)
+class AggregateOptions:
+    """The validated options of :func:`aggregate`: ``mode`` (one of ``AGG_MODES``), ``compat``
+    ("native", "verl" or "trl") and ``max_len`` (Dr. GRPO's ``C``; None = the padded width)."""
+
+    mode: str
+    compat: str = "native"
+    max_len: int | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, AGG_MODES)
+        check_choice("compat", self.compat, COMPATS)
+        check_int("max_len", self.max_len, 1, none_ok=True)
+
+
+@memoize
+def aggregate_options(mode: str, compat: str = "native",
+                      max_len: int | None = None) -> AggregateOptions:
+    """:class:`AggregateOptions`, validated once per distinct ``(mode, compat, max_len)``."""
+    return AggregateOptions(mode, compat, max_len)
+
+
 def _check_count(name: str, value: Count | None) -> None:
-    if value is None or isinstance(value, torch.Tensor):
-        return
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) \
-            or value < 0:
-        raise ValueError(f"{name}: must be None, a tensor or a finite number >= 0, got {value!r}")
+    """A per-call count (data, not an option): None, a tensor, or a finite number >= 0."""
+    if value is not None and not isinstance(value, torch.Tensor):
+        check_number(name, value, 0, none_ok=True, note="a tensor is accepted too")
 
 
 def _at_least_one(value: Count, like: torch.Tensor) -> torch.Tensor:
@@ -67,9 +91,12 @@ def normalizer_counts(mask: torch.Tensor, *, compat: str = "native"
     """
     check_choice("compat", compat, COMPATS)
     m = bool_mask(mask)
-    lengths = m.sum(-1)
-    seqs = torch.tensor(m.shape[0], device=m.device) if compat == "trl" else (lengths > 0).sum()
-    return lengths.sum(), seqs
+    return m.sum(), _seq_count(m, compat)
+
+
+def _seq_count(m: torch.Tensor, compat: str) -> torch.Tensor:
+    """``B'``: rows with ``L_i > 0`` (native, verl) or every row (trl); ``m`` bool."""
+    return torch.tensor(m.shape[0], device=m.device) if compat == "trl" else m.any(-1).sum()
 
 
 def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str,
@@ -100,16 +127,13 @@ def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str,
     Returns:
         0-d tensor in ``loss_mat``'s dtype.
     """
-    check_choice("mode", mode, AGG_MODES)
-    check_choice("compat", compat, COMPATS)
+    o = aggregate_options(mode, compat, max_len)
     _check_count("global_tokens", global_tokens)
     _check_count("global_seqs", global_seqs)
-    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int)
-                                or max_len < 1):
-        raise ValueError(f"max_len: must be None or an integer >= 1, got {max_len!r}")
     if loss_mat.dim() != 2 or mask.shape != loss_mat.shape:
         raise ValueError(f"mask: shape {tuple(mask.shape)} must equal loss_mat's 2-D shape "
                          f"{tuple(loss_mat.shape)}")
+    mode, compat = o.mode, o.compat
     m = bool_mask(mask)
     masked = torch.where(m, loss_mat, 0.0)                            # m·ℓ, NaN-safe
     if mode == "token-mean":
@@ -117,7 +141,7 @@ def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str,
         return masked.sum() / _at_least_one(n_tok, masked)            # Σ m·ℓ / N_tok
     row_sum = masked.sum(-1)                                          # Σ_t m·ℓ
     if global_seqs is None:
-        global_seqs = normalizer_counts(m, compat=compat)[1]
+        global_seqs = _seq_count(m, compat)
     n_seq = _at_least_one(global_seqs, masked)
     if mode == "seq-mean-token-sum":
         return row_sum.sum() / n_seq                                  # (1/B') Σ_i Σ_t m·ℓ

@@ -34,10 +34,11 @@ loop over rows or groups; pure torch, any device.
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import Any
 
 import torch
+
+from grouprl.validation import check_int, check_number, check_options, memoize
 
 __all__ = ["drpo_loss", "drpo_weights", "drpo_options", "DRPO_DEFAULTS", "SEQUENCE_LOSSES"]
 
@@ -46,16 +47,22 @@ DRPO_DEFAULTS: dict[str, Any] = {"lam": 0.1, "tau": 10.0, "beta": 1e3, "delta": 
                                  "l_max": None}
 
 
-def _number(name: str, value: Any, *, gt: float | None = None, ge: float | None = None,
-            none_ok: bool = False) -> None:
-    if value is None and none_ok:
-        return
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (gt is None or value > gt) and (ge is None or value >= ge)
-    if not ok:
-        want = f"> {gt}" if gt is not None else f">= {ge}"
-        raise ValueError(f"{name}: must be {'None or ' if none_ok else ''}a finite number "
-                         f"{want}, got {value!r}")
+@memoize
+def _validate_weights(lam: float, l_max: float | None, none_ok: bool = False) -> None:
+    """λ > 0 and ``L_max`` > 0 (None when ``none_ok``), checked once per distinct values."""
+    check_number("lam", lam, 0.0, low_open=True)
+    check_number("l_max", l_max, 0.0, low_open=True, none_ok=none_ok)
+
+
+@memoize
+def _validate_loss(lam: float, tau: float, l_max: float | None, beta: float, delta: float,
+                   none_ok: bool = False) -> None:
+    """The DRPO hyper-parameters, checked once per distinct values (the loss runs per
+    micro-batch)."""
+    _validate_weights(lam, l_max, none_ok)
+    check_number("tau", tau, 0.0, low_open=True)
+    check_number("beta", beta, 0.0)
+    check_number("delta", delta, 0.0)
 
 
 def drpo_options(**options: Any) -> dict[str, Any]:
@@ -66,16 +73,9 @@ def drpo_options(**options: Any) -> dict[str, Any]:
     (``L_max``; None = the rollout's ``max_new_tokens``, i.e. the padded response width as in the
     reference). Unknown names raise ``ValueError`` naming the option.
     """
-    unknown = sorted(set(options) - set(DRPO_DEFAULTS))
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown option for policy loss 'drpo'; accepted options "
-                         "are " + ", ".join(sorted(DRPO_DEFAULTS)))
+    check_options("policy loss 'drpo'", options, sorted(DRPO_DEFAULTS))
     o = {**DRPO_DEFAULTS, **options}
-    _number("lam", o["lam"], gt=0.0)
-    _number("tau", o["tau"], gt=0.0)
-    _number("beta", o["beta"], ge=0.0)
-    _number("delta", o["delta"], ge=0.0)
-    _number("l_max", o["l_max"], gt=0.0, none_ok=True)
+    _validate_loss(o["lam"], o["tau"], o["l_max"], o["beta"], o["delta"], none_ok=True)
     return o
 
 
@@ -139,8 +139,7 @@ def drpo_weights(length: torch.Tensor, positive: torch.Tensor, group: torch.Tens
     ``(1 − L/L_max)/λ`` within the group's positives (stable for small λ). Spec vector:
     ``L = [100, 300]``, ``L_max = 8192``, ``λ = 0.1`` → ``[0.5607, 0.4393]``.
     """
-    _number("lam", lam, gt=0.0)
-    _number("l_max", l_max, gt=0.0)
+    _validate_weights(lam, l_max)
     _check_rows(length=length, positive=positive, group=group)
     seg, num = _segments(group)
     pos = _as_bool("positive", positive)
@@ -177,21 +176,16 @@ def drpo_loss(seq_score: torch.Tensor, correct: torch.Tensor, length: torch.Tens
         ``drpo/pos_score`` / ``drpo/neg_score`` (mean ``s_θ`` of the positive / negative rows of
         those groups; NaN when there are none), ``drpo/kl_old`` (``kl_old``'s value, 0 without).
     """
-    _number("lam", lam, gt=0.0)
-    _number("tau", tau, gt=0.0)
-    _number("l_max", l_max, gt=0.0)
-    _number("beta", beta, ge=0.0)
-    _number("delta", delta, ge=0.0)
+    _validate_loss(lam, tau, l_max, beta, delta)
     n = _check_rows(seq_score=seq_score, correct=correct, length=length, group=group)
     if not seq_score.is_floating_point():
         raise ValueError(f"seq_score: must be a floating tensor, got {seq_score.dtype}")
     seg, num = _segments(group)
     if num_questions is None:
         num_questions = max(num, 1)
-    elif isinstance(num_questions, bool) or not isinstance(num_questions, int) \
-            or num_questions < max(num, 1):
-        raise ValueError(f"num_questions: must be an integer >= the {num} distinct group ids "
-                         f"of the call (and >= 1), got {num_questions!r}")
+    else:
+        check_int("num_questions", num_questions, max(num, 1),
+                  note=f"the call has {num} distinct group ids")
     pos = _as_bool("correct", correct)
     neg = ~pos
     dt = seq_score.dtype

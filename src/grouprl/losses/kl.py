@@ -30,9 +30,11 @@ Half-precision inputs are upcast to fp32 before any arithmetic (§9.9); fp64 sta
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from grouprl.validation import canonical_name
+from grouprl.validation import canonical_name, check_choice, memoize
 
 from .logprobs import _run
 
@@ -52,6 +54,20 @@ K3_VALUE_CLAMP = 10.0  # verl: clamp(k3, −10, 10)
 def canonical_kl_kind(kind: str) -> str:
     """Map a kind or verl alias to one of ``KL_KINDS``; ValueError names the accepted values."""
     return canonical_name("kind", "KL estimator", kind, KL_KINDS, KL_ALIASES)
+
+
+class _KLOptions(NamedTuple):
+    base: str                # k1, k2, k3 or abs
+    straight_through: bool   # the "+" form: value of base, gradient of k2
+    clamp: bool              # verl's k3 clamps (native, verl), none under trl
+
+
+@memoize
+def _kl_options(kind: str, compat: str) -> _KLOptions:
+    """``kind`` and ``compat`` validated once per distinct pair (``kl_penalty``'s hot path)."""
+    name = canonical_kl_kind(kind)
+    check_choice("compat", compat, COMPATS)
+    return _KLOptions(name.rstrip("+"), name.endswith("+"), compat != "trl")
 
 
 def _base_value(kind: str, logp: torch.Tensor, ref_logp: torch.Tensor, clamp: bool
@@ -95,9 +111,7 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3", *,
     Returns:
         (N, T) tensor in fp32 (fp64 for fp64 inputs); aggregate it with the loss aggregator.
     """
-    name = canonical_kl_kind(kind)
-    if compat not in COMPATS:
-        raise ValueError(f"compat: expected one of {COMPATS}, got {compat!r}")
+    o = _kl_options(kind, compat)
     for arg, x in (("logp", logp), ("ref_logp", ref_logp)):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise ValueError(f"{arg}: expected a floating-point tensor, got "
@@ -116,10 +130,8 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3", *,
         logp = torch.where(keep, logp, 0.0)
         ref_logp = torch.where(keep, ref_logp, 0.0)
 
-    straight_through = name.endswith("+")
-    base = name.rstrip("+")
-    value = _base_value(base, logp, ref_logp, clamp=compat != "trl")
-    if straight_through and base != "k2":
+    value = _base_value(o.base, logp, ref_logp, clamp=o.clamp)
+    if o.straight_through and o.base != "k2":
         k2 = 0.5 * (logp - ref_logp).square()
         value = value.detach() + (k2 - k2.detach())  # sg(k) + k2 − sg(k2)
     if keep is not None:

@@ -73,11 +73,14 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["AUTO_OPERATOR_MAX_T", "DOMAINS", "GRADS", "METHODS", "kalman_filter_log_ratio",
-           "kalman_gain_schedule"]
+from grouprl.validation import check_choice, check_int, check_number, memoize
+
+__all__ = ["AUTO_OPERATOR_MAX_T", "DOMAINS", "GRADS", "METHODS", "KalmanOptions",
+           "kalman_filter_log_ratio", "kalman_gain_schedule", "kalman_options"]
 
 DOMAINS = ("log", "ratio")
 GRADS = ("through_filter", "straight_through", "token_straight_through")
@@ -103,13 +106,9 @@ def kalman_gain_schedule(length: int, *, Q: float = 1e-6, V: float = 1.0,
     The schedule depends only on (Q, V, P0) and the number of observed tokens (spec §4.4). With
     Q = 0 it equals ``1/(V/P0 + t)``; it tends to K_∞ = p_∞/(p_∞ + V), p_∞ = (Q + √(Q² + 4QV))/2.
     """
-    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-        raise ValueError(f"length: must be an integer >= 0, got {length!r}")
-    _check_number("Q", Q, low=0.0)
-    _check_number("V", V, low=0.0, low_open=True)
-    _check_number("P0", P0, low=0.0)
-    return torch.tensor(_schedule(length, float(Q), float(V), float(P0))[0][:length],
-                        dtype=torch.float64)
+    check_int("length", length, 0)
+    o = kalman_options(Q=Q, V=V, P0=P0)
+    return torch.tensor(_schedule(length, o.Q, o.V, o.P0)[0][:length], dtype=torch.float64)
 
 
 def _schedule(length: int, Q: float, V: float, P0: float) -> tuple[list[float], list[float]]:
@@ -241,8 +240,41 @@ def _filter_scan(z: torch.Tensor, x0: float, Q: float, V: float, P0: float,
 
 
 # ----------------------------------------------------------------------------------------------
-# Public entry point
+# Options (validated once per distinct value set) and the public entry point
 # ----------------------------------------------------------------------------------------------
+
+
+class KalmanOptions(NamedTuple):
+    """The validated options of :func:`kalman_filter_log_ratio` (Q, V, P0, x0 as floats)."""
+
+    Q: float
+    V: float
+    P0: float
+    x0: float
+    domain: str
+    grad: str
+    method: str
+    chunk_size: int
+    clamp: float | None
+
+
+@memoize
+def kalman_options(*, Q: float = 1e-6, V: float = 1.0, P0: float = 1.0, x0: float = 0.0,
+                   domain: str = "log", grad: str = "through_filter", method: str = "auto",
+                   chunk_size: int = 64, clamp: float | None = 20.0) -> KalmanOptions:
+    """Validate the filter options (see :func:`kalman_filter_log_ratio` for their meaning and
+    defaults) once per distinct set of values; ``ValueError`` names the bad option."""
+    check_number("Q", Q, 0.0)
+    check_number("V", V, 0.0, low_open=True)
+    check_number("P0", P0, 0.0)
+    check_number("x0", x0)
+    check_choice("domain", domain, DOMAINS)
+    check_choice("grad", grad, GRADS)
+    check_choice("method", method, METHODS)
+    check_int("chunk_size", chunk_size, 1)
+    check_number("clamp", clamp, 0.0, low_open=True, none_ok=True)
+    return KalmanOptions(float(Q), float(V), float(P0), float(x0), domain, grad, method,
+                         chunk_size, clamp)
 
 
 def kalman_filter_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor, *, Q: float = 1e-6,
@@ -298,18 +330,9 @@ def kalman_filter_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor, *, Q: f
         dtype.
     """
     _check_inputs(log_ratio, mask)
-    _check_number("Q", Q, low=0.0)
-    _check_number("V", V, low=0.0, low_open=True)
-    _check_number("P0", P0, low=0.0)
-    _check_number("x0", x0)
-    _check_choice("domain", domain, DOMAINS)
-    _check_choice("grad", grad, GRADS)
-    _check_choice("method", method, METHODS)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: must be an integer >= 1, got {chunk_size!r}")
-    if clamp is not None:
-        _check_number("clamp", clamp, low=0.0, low_open=True)
-    Q, V, P0, x0 = float(Q), float(V), float(P0), float(x0)
+    Q, V, P0, x0, domain, grad, method, chunk_size, clamp = kalman_options(
+        Q=Q, V=V, P0=P0, x0=x0, domain=domain, grad=grad, method=method, chunk_size=chunk_size,
+        clamp=clamp)
 
     cdtype = torch.float64 if log_ratio.dtype == torch.float64 else torch.float32
     N, T = log_ratio.shape
@@ -349,20 +372,6 @@ def kalman_filter_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor, *, Q: f
 # ----------------------------------------------------------------------------------------------
 # Validation (errors name the option and the accepted values)
 # ----------------------------------------------------------------------------------------------
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name}: got {value!r}; accepted values are "
-                         + ", ".join(repr(c) for c in choices))
-
-
-def _check_number(name: str, value: object, *, low: float | None = None,
-                  low_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name}: must be a finite number, got {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name}: must be {'>' if low_open else '>='} {low}, got {value!r}")
 
 
 def _check_inputs(log_ratio: torch.Tensor, mask: torch.Tensor) -> None:

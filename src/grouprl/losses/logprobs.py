@@ -24,10 +24,11 @@ is the caller's job, spec §0).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import torch
+
+from grouprl.validation import check_bool, check_int, check_number
 
 __all__ = ["DEFAULT_CHUNK_ELEMENTS", "IGNORE_INDEX", "token_logprobs", "resolve_chunk_size"]
 
@@ -38,11 +39,8 @@ DEFAULT_CHUNK_ELEMENTS = 2**23
 
 def resolve_chunk_size(chunk_size: int | None, vocab: int) -> int:
     """Token positions per block: ``chunk_size``, or ``max(1, 2**23 // V)`` when None."""
-    if chunk_size is None:
-        return max(1, DEFAULT_CHUNK_ELEMENTS // max(vocab, 1))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size!r}")
-    return chunk_size
+    check_int("chunk_size", chunk_size, 1, none_ok=True)
+    return max(1, DEFAULT_CHUNK_ELEMENTS // max(vocab, 1)) if chunk_size is None else chunk_size
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -150,7 +148,7 @@ class _ChunkedLogSoftmax(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
-def _check(logits: torch.Tensor, labels: torch.Tensor | None, temperature: float) -> None:
+def _check_tensors(logits: torch.Tensor, labels: torch.Tensor | None) -> None:
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise ValueError(f"logits: expected a floating-point tensor, got "
                          f"{getattr(logits, 'dtype', type(logits).__name__)}")
@@ -169,15 +167,13 @@ def _check(logits: torch.Tensor, labels: torch.Tensor | None, temperature: float
         if labels.numel() and bool(bad.any()):
             raise ValueError(f"labels: values must lie in [0, {vocab}) or equal ignore index "
                              f"{IGNORE_INDEX}; got {labels[bad][:5].tolist()}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-            math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
 
 
 def _run(logits: torch.Tensor, labels: torch.Tensor | None, temperature: float,
          chunk_size: int | None, want_logp: bool, want_entropy: bool
          ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    _check(logits, labels, temperature)
+    _check_tensors(logits, labels)
+    check_number("temperature", temperature, 0.0, low_open=True)
     squeeze = logits.dim() == 2
     if squeeze:
         logits = logits.unsqueeze(0)
@@ -218,7 +214,6 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
     Returns:
         ``logp`` (N, T) float32 (float64 when logits are float64), or ``(logp, entropy)``.
     """
-    if with_entropy not in (True, False):
-        raise ValueError(f"with_entropy: expected True or False, got {with_entropy!r}")
-    logp, ent = _run(logits, labels, temperature, chunk_size, True, bool(with_entropy))
+    check_bool("with_entropy", with_entropy)
+    logp, ent = _run(logits, labels, temperature, chunk_size, True, with_entropy)
     return (logp, ent) if with_entropy else logp

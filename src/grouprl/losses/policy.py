@@ -10,6 +10,9 @@ returns ``(loss, metrics)``. All losses are minimised; ``Â`` is a constant (det
 (native and verl; TRL does not clamp). Masked positions are replaced by 0 with ``torch.where``
 before any arithmetic, so NaN/inf padding never reaches a value or a gradient.
 
+Options are validated once per distinct ``(name, compat, agg, options)`` and the result cached,
+so the trainer's call on every micro-batch does no option checking (only cheap shape checks).
+
 Registry (``available_policy_losses()``):
 
 =============  ===================================================  =====================
@@ -32,15 +35,17 @@ kl_cov         ``−rÂ`` + ``k·|δ|`` on the top-covariance tokens       seq-m
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from numbers import Real
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import torch
 
-from .aggregate import AGG_MODES, COMPATS, aggregate, bool_mask, check_choice
-from .kpo import kalman_filter_log_ratio
+from grouprl.validation import check_bool, check_choice, check_number, check_options, memoize
+
+from .aggregate import AGG_MODES, COMPATS, aggregate, bool_mask
+from .kpo import kalman_filter_log_ratio, kalman_options
 from .ratios import (
     LOG_RATIO_CLAMP,
     compute_dtype,
@@ -153,7 +158,7 @@ class _Shaped(NamedTuple):
     extra: dict[str, torch.Tensor]
 
 
-def _ppo_shaped(ratio: torch.Tensor, adv: torch.Tensor, o: dict[str, Any],
+def _ppo_shaped(ratio: torch.Tensor, adv: torch.Tensor, o: Mapping[str, Any],
                 delta: float | None = None) -> _Shaped:
     lo, hi, c = o["clip_low"], o["clip_high"], o.get("dual_clip")
     loss = ppo_clip(ratio, adv, lo, hi, c, delta)
@@ -167,12 +172,12 @@ def _ppo_shaped(ratio: torch.Tensor, adv: torch.Tensor, o: dict[str, Any],
     return _Shaped(loss, ratio, low, high, dual, {})
 
 
-def _ppo(b: _Batch, o: dict[str, Any]) -> _Shaped:
+def _ppo(b: _Batch, o: Mapping[str, Any]) -> _Shaped:
     """PPO / clip-higher / dual clip on the token ratio ``r = exp(δ)`` (§1.1, §1.2)."""
     return _ppo_shaped(torch.exp(b.delta), b.adv, o)
 
 
-def _two_sided(b: _Batch, o: dict[str, Any]) -> _Shaped:
+def _two_sided(b: _Batch, o: Mapping[str, Any]) -> _Shaped:
     """Two-sided clip (INTELLECT-2 arXiv 2505.07291 §4.1, TRL ``delta``; §1.3).
 
     ``L = −min(min(r, δ)·Â, clip(r)·Â)``; equals dual clip with ``c = δ`` when ``δ > 1+ε_hi``.
@@ -185,7 +190,7 @@ def _gspo_log_ratio(b: _Batch) -> torch.Tensor:
     return log_s.clamp(max=GSPO_CLAMP_VERL) if b.compat == "verl" else log_s
 
 
-def _gspo(b: _Batch, o: dict[str, Any]) -> _Shaped:
+def _gspo(b: _Batch, o: Mapping[str, Any]) -> _Shaped:
     """GSPO (Zheng et al. 2025, arXiv 2507.18071 §4.1; spec §3.1), sequence-level ratio.
 
     ``s_i = exp((1/L_i) Σ_t m δ)``, ``L_{i,t} = −min(s_i Â, clip(s_i, 1−ε_lo, 1+ε_hi) Â)`` on every
@@ -196,7 +201,7 @@ def _gspo(b: _Batch, o: dict[str, Any]) -> _Shaped:
     return _ppo_shaped(s, b.adv, o)
 
 
-def _gspo_token(b: _Batch, o: dict[str, Any]) -> _Shaped:
+def _gspo_token(b: _Batch, o: Mapping[str, Any]) -> _Shaped:
     """GSPO-token (arXiv 2507.18071 §4.2; verl ``gspo``; spec §3.2).
 
     ``log s_{i,t} = ℓ^θ_{i,t} − sg(ℓ^θ_{i,t}) + sg(log s_i)``: value ``s_i``, gradient
@@ -208,7 +213,7 @@ def _gspo_token(b: _Batch, o: dict[str, Any]) -> _Shaped:
     return _ppo_shaped(torch.exp(log_st), b.adv, o)
 
 
-def _cispo(b: _Batch, o: dict[str, Any]) -> _Shaped:
+def _cispo(b: _Batch, o: Mapping[str, Any]) -> _Shaped:
     """CISPO (arXiv 2506.13585 §3.1; spec §3.3): ``−sg(clip(r, lower, upper))·Â·ℓ^θ``.
 
     Bounds by compat: native ``[1−clip_low or none, cap=5.0]`` (or ``1+clip_high``); verl
@@ -223,7 +228,7 @@ def _cispo(b: _Batch, o: dict[str, Any]) -> _Shaped:
     return _Shaped(loss, r, low, r > upper, torch.zeros_like(b.mask), {})
 
 
-def _sapo(b: _Batch, o: dict[str, Any]) -> _Shaped:
+def _sapo(b: _Batch, o: Mapping[str, Any]) -> _Shaped:
     """SAPO (spec §3.4): ``−(4/τ)σ(τ(r−1))Â``, τ_pos = 1.0, τ_neg = 1.05 (verl, TRL defaults).
 
     No hard clip, so the clip fractions are 0; ``sapo_gate`` reports the mean gradient scale
@@ -237,7 +242,7 @@ def _sapo(b: _Batch, o: dict[str, Any]) -> _Shaped:
     return _Shaped(loss, r, none, none, none, {"sapo_gate": 4.0 * sig * (1.0 - sig)})
 
 
-def _kpo(b: _Batch, o: dict[str, Any]) -> _Shaped:
+def _kpo(b: _Batch, o: Mapping[str, Any]) -> _Shaped:
     """KPO (He et al. 2026, arXiv 2602.10609; spec §4.3) on the Kalman-filtered ratio.
 
     ``r̃_{i,t} = exp(x̂_{i,t})`` with ``x̂`` the causal Kalman filter of ``z = δ`` (clamped) from
@@ -262,7 +267,7 @@ def _kpo(b: _Batch, o: dict[str, Any]) -> _Shaped:
     return _Shaped(-r * b.adv, r, none, none, none, {})                       # −r̃Â
 
 
-def _kl_cov(b: _Batch, o: dict[str, Any]) -> _Shaped:
+def _kl_cov(b: _Batch, o: Mapping[str, Any]) -> _Shaped:
     """KL-Cov (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", arXiv
     2505.22617; verl ``compute_policy_loss_kl_cov``; used by DOT, spec-rewards §A7.2).
 
@@ -285,30 +290,11 @@ def _kl_cov(b: _Batch, o: dict[str, Any]) -> _Shaped:
 # ----------------------------------------------------------------------------------------------
 
 
-def _number(name: str, value: Any, *, gt: float | None = None, ge: float | None = None,
-            lt: float | None = None, none_ok: bool = False) -> None:
-    if value is None and none_ok:
-        return
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and gt is not None:
-        ok = value > gt
-    if ok and ge is not None:
-        ok = value >= ge
-    if ok and lt is not None:
-        ok = value < lt
-    if not ok:
-        bounds = [f"> {gt}" if gt is not None else "", f">= {ge}" if ge is not None else "",
-                  f"< {lt}" if lt is not None else ""]
-        want = " and ".join(x for x in bounds if x) or "finite"
-        raise ValueError(f"{name}: must be {'None or ' if none_ok else ''}a number {want}, "
-                         f"got {value!r}")
-
-
 def _check_clip(o: dict[str, Any], name: str, compat: str) -> None:
-    _number("clip_low", o["clip_low"], ge=0.0)
-    _number("clip_high", o["clip_high"], ge=0.0)
+    check_number("clip_low", o["clip_low"], 0.0)
+    check_number("clip_high", o["clip_high"], 0.0)
     if "dual_clip" in o:
-        _number("dual_clip", o["dual_clip"], gt=1.0, none_ok=True)
+        check_number("dual_clip", o["dual_clip"], 1.0, low_open=True, none_ok=True)
     if name in ("gspo", "gspo_token", "luspo") and compat == "native":
         for key in ("clip_low", "clip_high"):
             if o[key] >= GSPO_EPS_LIMIT:
@@ -320,14 +306,14 @@ def _check_clip(o: dict[str, Any], name: str, compat: str) -> None:
 
 def _check_two_sided(o: dict[str, Any], name: str, compat: str) -> None:
     _check_clip(o, name, compat)
-    _number("delta", o["delta"], gt=1.0)
+    check_number("delta", o["delta"], 1.0, low_open=True)
 
 
 def _check_cispo(o: dict[str, Any], name: str, compat: str) -> None:
     lo, hi, cap = o["clip_low"], o["clip_high"], o["cap"]
     given = {k for k in ("clip_low", "clip_high", "cap") if o[k] is not _UNSET}
     for key in given:
-        _number(key, o[key], ge=0.0)
+        check_number(key, o[key], 0.0)
     if compat == "verl":
         if "cap" in given:
             raise ValueError("cap: not read under compat='verl', whose CISPO bounds are "
@@ -358,38 +344,27 @@ def _check_cispo(o: dict[str, Any], name: str, compat: str) -> None:
 
 
 def _check_sapo(o: dict[str, Any], name: str, compat: str) -> None:
-    _number("tau_pos", o["tau_pos"], gt=0.0)
-    _number("tau_neg", o["tau_neg"], gt=0.0)
+    check_number("tau_pos", o["tau_pos"], 0.0, low_open=True)
+    check_number("tau_neg", o["tau_neg"], 0.0, low_open=True)
 
 
 def _check_kpo(o: dict[str, Any], name: str, compat: str) -> None:
     _check_clip(o, name, compat)
-    _number("Q", o["Q"], ge=0.0)
-    _number("V", o["V"], gt=0.0)
-    _number("P0", o["P0"], ge=0.0)
-    _number("x0", o["x0"])
-    check_choice("domain", o["domain"], ("log", "ratio"))
-    check_choice("grad", o["grad"], ("through_filter", "straight_through",
-                                     "token_straight_through"))
-    check_choice("clip", o["clip"], (True, False))
-    if not isinstance(o["method"], str):
-        raise ValueError(f"method: must be a string such as 'auto', got {o['method']!r}")
-    if isinstance(o["chunk_size"], bool) or not isinstance(o["chunk_size"], int) \
-            or o["chunk_size"] < 1:
-        raise ValueError(f"chunk_size: must be an integer >= 1, got {o['chunk_size']!r}")
+    kalman_options(Q=o["Q"], V=o["V"], P0=o["P0"], x0=o["x0"], domain=o["domain"],
+                   grad=o["grad"], method=o["method"], chunk_size=o["chunk_size"],
+                   clamp=o["_clamp"])
+    check_bool("clip", o["clip"])
 
 
 def _check_kl_cov(o: dict[str, Any], name: str, compat: str) -> None:
-    _number("kl_cov_ratio", o["kl_cov_ratio"], ge=0.0)
-    if o["kl_cov_ratio"] > 1.0:
-        raise ValueError(f"kl_cov_ratio: must be a number in [0, 1] (fraction of the valid tokens; "
-                         f"0.002 = 0.2 %), got {o['kl_cov_ratio']!r}")
-    _number("ppo_kl_coef", o["ppo_kl_coef"], ge=0.0)
+    check_number("kl_cov_ratio", o["kl_cov_ratio"], 0.0, 1.0,
+                 note="fraction of the valid tokens; 0.002 = 0.2 %")
+    check_number("ppo_kl_coef", o["ppo_kl_coef"], 0.0)
 
 
 @dataclass(frozen=True)
 class _Entry:
-    shaper: Callable[[_Batch, dict[str, Any]], _Shaped]
+    shaper: Callable[[_Batch, Mapping[str, Any]], _Shaped]
     check: Callable[[dict[str, Any], str, str], None]
     agg: str
     defaults: dict[str, Any] = field(default_factory=dict)
@@ -432,29 +407,44 @@ def available_policy_losses() -> tuple[str, ...]:
 
 def policy_loss_options(name: str, compat: str = "native", **options: Any) -> dict[str, Any]:
     """Validate the options of loss ``name`` and fill in its defaults, without computing it
-    (a trainer checks its config with this before any work starts)."""
-    return _resolve_options(name, compat, options)
+    (a trainer checks its config with this before any work starts). Returns a new dict."""
+    return dict(_prepare(name, compat, None, tuple(options.items())).options)
+
+
+class _Prepared(NamedTuple):
+    entry: _Entry
+    agg: str                    # the aggregation mode (the loss's default when None was given)
+    options: Mapping[str, Any]  # defaults filled in, derived bounds added; read-only
+
+
+@memoize
+def _prepare(name: str, compat: str, agg: str | None,
+             options: tuple[tuple[str, Any], ...]) -> _Prepared:
+    """Validate a policy loss's name, compat, aggregation and options once per distinct set of
+    values (cached), so :func:`policy_loss` does no option checking on every micro-batch."""
+    check_choice("name", name, tuple(_REGISTRY))
+    check_choice("compat", compat, COMPATS)
+    entry = _REGISTRY[name]
+    agg = entry.agg if agg is None else check_choice("agg", agg, AGG_MODES)
+    return _Prepared(entry, agg, MappingProxyType(_resolve_options(name, compat, dict(options))))
 
 
 def _resolve_options(name: str, compat: str, options: dict[str, Any]) -> dict[str, Any]:
     entry = _REGISTRY[name]
     accepted = {**entry.defaults, **_COMMON}
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown option for policy loss {name!r}; accepted "
-                         "options are " + ", ".join(sorted(accepted)))
+    check_options(f"policy loss {name!r}", options, sorted(accepted))
     o = {**accepted, **options}
+    if o["log_ratio_clamp"] is _UNSET:
+        o["log_ratio_clamp"] = None if compat == "trl" else LOG_RATIO_CLAMP
+    check_number("log_ratio_clamp", o["log_ratio_clamp"], 0.0, low_open=True, none_ok=True)
+    o["_clamp"] = o["log_ratio_clamp"]
     entry.check(o, name, compat)
     check_choice("rollout_is", o["rollout_is"], ("token", "sequence", None))
     check_choice("rollout_is_mode", o["rollout_is_mode"], ("truncate", "mask"))
-    check_choice("rollout_is_batch_normalize", o["rollout_is_batch_normalize"], (False, True))
-    _number("rollout_is_threshold", o["rollout_is_threshold"], gt=0.0)
-    _number("rollout_is_threshold_lower", o["rollout_is_threshold_lower"], gt=0.0,
-            lt=o["rollout_is_threshold"], none_ok=True)
-    if o["log_ratio_clamp"] is _UNSET:
-        o["log_ratio_clamp"] = None if compat == "trl" else LOG_RATIO_CLAMP
-    _number("log_ratio_clamp", o["log_ratio_clamp"], gt=0.0, none_ok=True)
-    o["_clamp"] = o["log_ratio_clamp"]
+    check_bool("rollout_is_batch_normalize", o["rollout_is_batch_normalize"])
+    check_number("rollout_is_threshold", o["rollout_is_threshold"], 0.0, low_open=True)
+    check_number("rollout_is_threshold_lower", o["rollout_is_threshold_lower"], 0.0,
+                 o["rollout_is_threshold"], low_open=True, high_open=True, none_ok=True)
     return o
 
 
@@ -600,12 +590,7 @@ def policy_loss(name: str, logp: torch.Tensor, old_logp: torch.Tensor,
         with ``rollout_logp``: ``rollout_is_weight_mean``, ``rollout_is_frac_modified``,
         ``mismatch_kl_k1``, ``mismatch_kl_k3`` (rollout vs old). Metrics are local to the call.
     """
-    check_choice("name", name, tuple(_REGISTRY))
-    check_choice("compat", compat, COMPATS)
-    entry = _REGISTRY[name]
-    agg = entry.agg if agg is None else agg
-    check_choice("agg", agg, AGG_MODES)
-    o = _resolve_options(name, compat, options)
+    entry, agg, o = _prepare(name, compat, agg, tuple(options.items()))   # cached validation
     _check_inputs(logp, old_logp, advantages, mask, rollout_logp)
 
     m = bool_mask(mask)

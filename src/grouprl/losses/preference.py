@@ -36,11 +36,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from grouprl.validation import canonical_name
+from grouprl.validation import (
+    canonical_name,
+    check_bool,
+    check_number,
+    check_options,
+    memoize,
+)
 
 __all__ = ["PREFERENCE_LOSSES", "PREFERENCE_ALIASES", "canonical_preference_loss",
            "preference_loss", "log1mexp"]
@@ -116,17 +123,40 @@ def _length(arg: str, x: object, n: int, dtype: torch.dtype, device: torch.devic
     return length.clamp(min=1.0)  # TRL: mask.sum().clamp(min=1)
 
 
-def _check_number(arg: str, value: object, low: float, high: float, *, low_open: bool = False,
-                  high_open: bool = False, loss: str = "") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{arg}: expected a finite number, got {value!r}")
-    ok_low = value > low if low_open else value >= low
-    ok_high = value < high if high_open else value <= high
-    if not (ok_low and ok_high):
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        where = f" for {loss!r}" if loss else ""
-        raise ValueError(f"{arg}: expected a value in {interval}{where}, got {value!r}")
-    return float(value)
+class _Options(NamedTuple):
+    loss: str          # canonical loss name
+    needs_ref: bool
+    beta: float        # β
+    eps: float         # ε (label smoothing / flip rate), 0 where the loss has none
+    gamma: float       # γ (margin), 0 where the loss has none
+    normalize: bool    # divide each side's score by its length
+
+
+@memoize
+def _options(name: str, beta: float | None, label_smoothing: float | None, gamma: float | None,
+             length_normalize: bool | None, nll_loss_given: bool) -> _Options:
+    """Validate the loss name and options once per distinct values (cached, so a training loop
+    calling :func:`preference_loss` per micro-batch does no option checking)."""
+    loss_name = canonical_preference_loss(name)
+    spec = PREFERENCE_LOSSES[loss_name]
+    given = {"beta": beta, "label_smoothing": label_smoothing, "gamma": gamma,
+             "length_normalize": length_normalize, "nll_loss": True if nll_loss_given else None}
+    check_options(f"preference loss {loss_name!r}", [k for k, v in given.items() if v is not None],
+                  list(spec.defaults))
+    opts = {k: (given[k] if given[k] is not None else d) for k, d in spec.defaults.items()}
+    b = float(check_number("beta", opts["beta"], 0.0, low_open=True))
+    eps = 0.0
+    if "label_smoothing" in opts:
+        robust = loss_name == "robust"
+        eps = float(check_number("label_smoothing", opts["label_smoothing"], 0.0,
+                                 0.5 if robust else 1.0, high_open=robust,
+                                 note=f"for {loss_name!r}"))
+    if loss_name == "simpo" and opts["gamma"] is None:
+        opts["gamma"] = _SIMPO_GAMMA_BETA_RATIO * b
+    g = float(check_number("gamma", opts["gamma"])) if "gamma" in opts else 0.0
+    normalize = check_bool("length_normalize",
+                           opts.get("length_normalize", loss_name in ("simpo", "orpo")))
+    return _Options(loss_name, spec.needs_ref, b, eps, g, normalize)
 
 
 def preference_loss(
@@ -196,15 +226,8 @@ def preference_loss(
         ValueError: unknown ``name``; an option the loss does not use; a missing or unexpected
             reference; missing lengths; shapes that do not match; out-of-range options.
     """
-    loss_name = canonical_preference_loss(name)
-    spec = PREFERENCE_LOSSES[loss_name]
-    given = {"beta": beta, "label_smoothing": label_smoothing, "gamma": gamma,
-             "length_normalize": length_normalize, "nll_loss": nll_loss}
-    for opt, value in given.items():
-        if value is not None and opt not in spec.defaults:
-            accepted = ", ".join(spec.defaults)
-            raise ValueError(f"{opt}: not used by {loss_name!r} (its options: {accepted})")
-    opts = {k: (given[k] if given[k] is not None else d) for k, d in spec.defaults.items()}
+    loss_name, needs_ref, b, eps, g, normalize = _options(
+        name, beta, label_smoothing, gamma, length_normalize, nll_loss is not None)
 
     # --- inputs -------------------------------------------------------------------------------
     for arg, x in (("chosen_logp", chosen_logp), ("rejected_logp", rejected_logp)):
@@ -222,7 +245,7 @@ def preference_loss(
                                 torch.float32)
     pw, pl = chosen_logp.to(dtype), rejected_logp.to(dtype)
 
-    if spec.needs_ref:
+    if needs_ref:
         for arg, x in (("ref_chosen_logp", ref_chosen_logp),
                        ("ref_rejected_logp", ref_rejected_logp)):
             if x is None:
@@ -237,18 +260,6 @@ def preference_loss(
                 raise ValueError(f"{arg}: not used by {loss_name!r} (reference-free); pass None")
         rw = rl = None
 
-    b = _check_number("beta", opts["beta"], 0.0, math.inf, low_open=True, high_open=True)
-    eps = 0.0
-    if "label_smoothing" in opts:
-        eps = _check_number("label_smoothing", opts["label_smoothing"], 0.0,
-                            0.5 if loss_name == "robust" else 1.0,
-                            high_open=loss_name == "robust", loss=loss_name)
-    if loss_name == "simpo" and opts["gamma"] is None:
-        opts["gamma"] = _SIMPO_GAMMA_BETA_RATIO * b
-    g = _check_number("gamma", opts["gamma"], -math.inf, math.inf) if "gamma" in opts else 0.0
-    normalize = opts.get("length_normalize", loss_name in ("simpo", "orpo"))
-    if normalize not in (True, False):
-        raise ValueError(f"length_normalize: expected True or False, got {normalize!r}")
     if normalize:
         lw = _length("chosen_length", chosen_length, n, dtype, device, loss_name)
         ll = _length("rejected_length", rejected_length, n, dtype, device, loss_name)
@@ -260,7 +271,7 @@ def preference_loss(
         lw = ll = None
 
     # --- per-side scores s (what the loss compares) and implicit rewards β·s -----------------
-    if spec.needs_ref:
+    if needs_ref:
         sw, sl = pw - rw, pl - rl  # log-ratios Λ^θ − Λ^ref
     else:
         sw, sl = pw, pl

@@ -6,6 +6,8 @@
   :func:`apply_lora`, :func:`disable_adapter` (LoRA reference model), :func:`frozen_copy`.
 * ``generate``: :func:`generate` (own KV-cached sampling loop → :class:`Generation`) and
   :func:`response_logprobs` (teacher-forced, differentiable log-probs for the learner).
+* ``save``: :func:`save_policy` (model + tokenizer ``save_pretrained`` without progress bars)
+  and the :func:`no_progress_bars` context manager.
 """
 
 from .generate import Generation, generate, left_pad, response_logprobs
@@ -20,6 +22,7 @@ from .load import (
     prepare_tokenizer,
     resolve_dtype,
 )
+from .save import no_progress_bars, save_policy
 from .tiny import (
     EOS_TOKEN,
     PAD_TOKEN,
@@ -31,5 +34,5 @@ from .tiny import (
 
 __all__ = ["DTYPES", "EOS_TOKEN", "Generation", "LoraOptions", "PAD_TOKEN", "apply_lora",
            "build_tiny_model", "build_tiny_policy", "disable_adapter", "frozen_copy", "generate",
-           "is_lora_model", "left_pad", "load_policy", "prepare_tokenizer", "resolve_dtype",
-           "response_logprobs", "tiny_config", "train_tokenizer"]
+           "is_lora_model", "left_pad", "load_policy", "no_progress_bars", "prepare_tokenizer",
+           "resolve_dtype", "response_logprobs", "save_policy", "tiny_config", "train_tokenizer"]

@@ -2,7 +2,9 @@
 
 :func:`generate` runs its own decoding loop over the model (not ``model.generate``): one
 prefill forward over the left-padded prompts (``logits_to_keep=1``), then one forward per new
-token for the whole batch with the KV cache. Owning the loop gives exact control of
+token for the whole batch with the KV cache (the ``cache=`` keyword and ``output.cache`` of
+current transformers, ``past_key_values`` on releases that predate it). Owning the loop gives
+exact control of
 
 * the RNG: every step draws one ``torch.multinomial`` over the full (B, V) batch from
   ``generator`` (or the global torch RNG), whatever rows have finished, so the same batch, the
@@ -78,13 +80,31 @@ def _model_device(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the (base) model's forward takes ``logits_to_keep`` (transformers >= 4.50)."""
+def _forward_parameters(model: torch.nn.Module) -> frozenset[str]:
+    """Named parameters of the (base) model's ``forward`` (empty when it cannot be inspected)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
+        return frozenset(inspect.signature(base.forward).parameters)
     except (TypeError, ValueError):
-        return False
+        return frozenset()
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the (base) model's forward takes ``logits_to_keep`` (transformers >= 4.50)."""
+    return "logits_to_keep" in _forward_parameters(model)
+
+
+def _cache_keyword(model: torch.nn.Module) -> str:
+    """The name of the KV cache, both as a ``forward`` keyword and as a field of its output.
+
+    Current transformers (5.2x) call it ``cache`` (a ``DynamicCache`` built by the model on the
+    first ``use_cache=True`` forward) and deprecate ``past_key_values``, with a FutureWarning on
+    every forward that passes it and a logged warning on every read of
+    ``output.past_key_values``; older releases (down to grouprl's lower bound 4.51) and
+    remote-code models only know ``past_key_values``. Same cache object either way, so the
+    numerics do not depend on the name.
+    """
+    return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
@@ -204,11 +224,12 @@ def _cut_after_stop(text: str, stop_strings: list[str]) -> str:
 
 # -------------------------------------------------------------------------------- generation
 
-def _prefill(model, id_lists, prompt_ids, prompt_mask, extra):
+def _prefill(model, id_lists, prompt_ids, prompt_mask, extra, cache_kw):
     """Prompt forward → (last logits (B, V), KV cache), computed once per distinct prompt.
 
     Group-based RL samples each prompt G times: the distinct prompts (padded to the same width
-    P) are run once and their cache rows repeated with ``Cache.reorder_cache``.
+    P) are run once and their cache rows repeated with ``Cache.reorder_cache``. The cache is
+    read from the output field ``cache_kw`` (see :func:`_cache_keyword`).
     """
     first_row: dict[tuple[int, ...], int] = {}  # distinct prompt → its first row
     for row, x in enumerate(id_lists):
@@ -220,26 +241,27 @@ def _prefill(model, id_lists, prompt_ids, prompt_mask, extra):
         ids, mask = prompt_ids[uniq], prompt_mask[uniq]
         out = model(input_ids=ids, attention_mask=mask,
                     position_ids=(mask.cumsum(-1) - 1).clamp_min(0), use_cache=True, **extra)
-        past = out.past_key_values
+        past = getattr(out, cache_kw)
         if hasattr(past, "reorder_cache"):
             index = torch.tensor(inverse, device=prompt_ids.device)
             past.reorder_cache(index)
             return out.logits[:, -1][index], past
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask,
                 position_ids=(prompt_mask.cumsum(-1) - 1).clamp_min(0), use_cache=True, **extra)
-    return out.logits[:, -1], out.past_key_values
+    return out.logits[:, -1], getattr(out, cache_kw)
 
 
 @torch.no_grad()
 def _generate_chunk(model, tokenizer, id_lists, *, max_new_tokens, temperature, top_p, top_k,
-                    do_sample, stop_strings, generator, pad_id, eos_ids, keep_arg) -> Generation:
+                    do_sample, stop_strings, generator, pad_id, eos_ids, keep_arg,
+                    cache_kw) -> Generation:
     device = _model_device(model)
     prompt_ids, prompt_mask = left_pad(id_lists, pad_id, device)
     bsz = prompt_ids.shape[0]
     eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
     extra = {"logits_to_keep": 1} if keep_arg else {}
 
-    logits, past = _prefill(model, id_lists, prompt_ids, prompt_mask, extra)
+    logits, past = _prefill(model, id_lists, prompt_ids, prompt_mask, extra, cache_kw)
     attn = prompt_mask
     next_pos = prompt_mask.sum(-1, keepdim=True)
 
@@ -285,8 +307,8 @@ def _generate_chunk(model, tokenizer, id_lists, *, max_new_tokens, temperature, 
             break
         attn = torch.cat([attn, torch.ones((bsz, 1), dtype=attn.dtype, device=device)], dim=1)
         out = model(input_ids=nxt.unsqueeze(-1), attention_mask=attn, position_ids=next_pos,
-                    past_key_values=past, use_cache=True)
-        logits, past = out.logits[:, -1], out.past_key_values
+                    use_cache=True, **{cache_kw: past})
+        logits, past = out.logits[:, -1], getattr(out, cache_kw)
         next_pos = next_pos + 1
 
     width = int(lengths.max())
@@ -357,6 +379,7 @@ def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str] | Sequenc
     pad_id = _pad_id(tokenizer)
     eos_ids = _eos_ids(model, tokenizer)
     keep_arg = _accepts_logits_to_keep(model)
+    cache_kw = _cache_keyword(model)
     device = _model_device(model)
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"generator: must live on the model's device ({device.type}), got a "
@@ -369,7 +392,7 @@ def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str] | Sequenc
                                  max_new_tokens=max_new_tokens, temperature=float(temperature),
                                  top_p=float(top_p), top_k=top_k, do_sample=do_sample,
                                  stop_strings=stops, generator=generator, pad_id=pad_id,
-                                 eos_ids=eos_ids, keep_arg=keep_arg)
+                                 eos_ids=eos_ids, keep_arg=keep_arg, cache_kw=cache_kw)
                  for i in range(0, len(id_lists), chunk)]
     finally:
         model.train(was_training)

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .save import save_policy
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
@@ -187,15 +189,13 @@ def build_tiny_policy(texts: Iterable[str], *, vocab_size: int = 512,
                       ) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
     """Train a tokenizer on ``texts`` and build a tiny model for it: ``(model, tokenizer)``.
 
-    With ``save_dir`` both are written there (``model.safetensors`` + tokenizer files), so
+    With ``save_dir`` both are written there (``model.safetensors`` + tokenizer files, with no
+    progress bar: :func:`grouprl.policy.save_policy`), so
     ``grouprl.policy.load_policy(save_dir)`` reloads them.
     """
     tokenizer = train_tokenizer(texts, vocab_size, special_tokens=special_tokens,
                                 isolate_chars=isolate_chars)
     model = build_tiny_model(tokenizer, seed=seed, **config_kwargs)
     if save_dir is not None:
-        save_dir = Path(save_dir)
-        save_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(save_dir)
-        tokenizer.save_pretrained(save_dir)
+        save_policy(model, tokenizer, save_dir)
     return model, tokenizer

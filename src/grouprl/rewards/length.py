@@ -23,6 +23,7 @@ import torch
 
 from grouprl.advantages.segments import segment_stats, segment_sum
 from grouprl.batch import as_boolean
+from grouprl.validation import check_choice, check_int, check_number
 
 __all__ = [
     "HapoHistory", "da_dler_reward", "dler_reward", "dot_truncation_lengths",
@@ -110,17 +111,6 @@ def _f64(value: float) -> Tensor:
     return torch.tensor(float(value), dtype=torch.float64)
 
 
-def _number(name: str, value: object, low: float | None = None, high: float | None = None,
-            *, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name}: must be a finite number, got {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name}: must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ValueError(f"{name}: must be <= {high}, got {value!r}")
-    return float(value)
-
-
 # --------------------------------------------------------------------------- §A0 Kimi k1.5
 def kimi_length_reward(correct: object, length: object, group: object, *, weight: float,
                        correct_reward: float = 1.0, wrong_reward: float = 0.0) -> Tensor:
@@ -136,7 +126,7 @@ def kimi_length_reward(correct: object, length: object, group: object, *, weight
     below 1e-8 for lengths ≥ 1). ``weight`` has no verified paper value (LASER defaults to 0.4
     with r_acc ∈ {+1, −0.5}). Returns float64 (N,).
     """
-    w = _number("weight", weight)
+    w = float(check_number("weight", weight))
     c, L, g, num = _inputs(correct, length, group)
     lo, hi = _seg_min(L, g, num)[g], _seg_max(L, g, num)[g]
     span = hi - lo
@@ -156,7 +146,7 @@ def top_lambda_groups(correct: object, group: object, top_fraction: float) -> Te
     ``ceil(λ·B − 1e-9)`` so that float products such as 0.3·10 = 3.0000000000000004 round to 3.
     Returns bool (N,).
     """
-    lam = _number("top_fraction", top_fraction, 0.0, 1.0)
+    lam = float(check_number("top_fraction", top_fraction, 0.0, 1.0))
     c = _vec("correct", correct, torch.bool)
     n = c.numel()
     g, num = _codes(group, n)
@@ -188,7 +178,7 @@ def grpo_lambda_reward(correct: object, length: object, group: object, *, alpha:
     accuracy-prioritised (all rewards 0). λ = 20 % is the paper's illustration; α is unknown
     (required). Returns float64 (N,).
     """
-    a = _number("alpha", alpha, 0.0, 1.0)
+    a = float(check_number("alpha", alpha, 0.0, 1.0))
     c, L, g, num = _inputs(correct, length, group)
     if num == 0:
         return torch.zeros(0, dtype=torch.float64)
@@ -223,8 +213,8 @@ def _tiers(tiers: object) -> tuple[Tensor, Tensor]:
     for pair in tiers:
         if isinstance(pair, str | bytes) or not isinstance(pair, Sequence) or len(pair) != 2:
             raise ValueError(f"tiers: each tier must be a [p_min, cap] pair, got {pair!r}")
-        p_min = _number("tiers: p_min", pair[0], 0.0, 1.0)
-        cap = _number("tiers: cap", pair[1], 0.0, low_open=True)
+        p_min = float(check_number("tiers: p_min", pair[0], 0.0, 1.0))
+        cap = float(check_number("tiers: cap", pair[1], 0.0, low_open=True))
         pairs.append((p_min, cap))
     p = [q for q, _ in pairs]
     if len(set(p)) != len(p):
@@ -287,8 +277,7 @@ class HapoHistory:
     """
 
     def __init__(self, mode: str = "min") -> None:
-        if mode not in ("min", "mean"):
-            raise ValueError(f"mode: got {mode!r}; accepted values are 'min', 'mean'")
+        check_choice("mode", mode, ("min", "mean"))
         self.mode = mode
         self._value: dict[str, float] = {}
         self._count: dict[str, int] = {}
@@ -352,8 +341,8 @@ def hapo_reward(correct: object, length: object, history_length: object, *,
     Defaults w = 1.0, floor = −0.7 (paper): every correct response then beats every
     incorrect one. Short wrong answers are not penalised (min(u, 0) = 0 for L < h). Float64 (N,).
     """
-    w = _number("weight", weight)
-    fl = _number("floor", floor, -1.0, 0.0)
+    w = float(check_number("weight", weight))
+    fl = float(check_number("floor", floor, -1.0, 0.0))
     c = _vec("correct", correct, torch.bool)
     n = c.numel()
     L = _lengths("length", length, n)
@@ -383,7 +372,7 @@ def _laser_base(c: Tensor, wf: Tensor, correct_reward: float, wrong_reward: floa
 
 def _target(target: object, n: int) -> Tensor:
     if isinstance(target, int | float) and not isinstance(target, bool):
-        return torch.full((n,), _number("target", target, 0.0), dtype=torch.float64)
+        return torch.full((n,), float(check_number("target", target, 0.0)), dtype=torch.float64)
     return _lengths("target", target, n)
 
 
@@ -398,8 +387,8 @@ def _laser_inputs(alpha: float, correct: object, length: object, target: object,
     """Validated (α, correct, length, per-row target, well_formed) shared by the LASER rewards."""
     c = _vec("correct", correct, torch.bool)
     n = c.numel()
-    return (_number("alpha", alpha, 0.0), c, _lengths("length", length, n), _target(target, n),
-            _well_formed(well_formed, n))
+    return (float(check_number("alpha", alpha, 0.0)), c, _lengths("length", length, n),
+            _target(target, n), _well_formed(well_formed, n))
 
 
 def laser_reward(correct: object, length: object, target: object, *, well_formed: object = None,
@@ -417,8 +406,7 @@ def laser_reward(correct: object, length: object, target: object, *, well_formed
 
     α = 0.5 (released scripts). Float64 (N,).
     """
-    if mode not in LASER_MODES:
-        raise ValueError(f"mode: got {mode!r}; accepted values are 'reward', 'penalty', 'hybrid'")
+    check_choice("mode", mode, LASER_MODES)
     a, c, L, T, wf = _laser_inputs(alpha, correct, length, target, well_formed)
     base = _laser_base(c, wf, correct_reward, wrong_reward, malformed_reward)
     ok = c & wf
@@ -464,11 +452,9 @@ def laser_candidates(low: int, cap: int, step: int = 1024) -> list[int]:
     candidate: where ``cap − low`` is not a multiple of ``step`` the released ``range`` would
     instead end one step *above* the cap [PROPOSAL].
     """
-    for name, v in (("low", low), ("cap", cap), ("step", step)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name}: must be a positive integer, got {v!r}")
-    if low > cap:
-        raise ValueError(f"low: must be <= cap ({cap}), got {low}")
+    check_int("cap", cap, 1)
+    check_int("low", low, 1, cap, note="at most cap")
+    check_int("step", step, 1)
     grid = [low, *range(step, cap + 1, step)] if low < step else list(range(low, cap + 1, step))
     if grid[-1] != cap:
         grid.append(cap)
@@ -494,10 +480,8 @@ def laser_d_targets(monitor_length: object, monitor_group: object, monitor_corre
     the spec notes the inconsistency) and float ``int(cov · k_b)`` (1/49·49 → 0).
     Returns float64 [3] = (easy, medium, hard).
     """
-    if compat not in ("native", "reference"):
-        raise ValueError(f"compat: got {compat!r}; accepted values are 'native', 'reference'")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: must be a positive integer (samples per monitor prompt), got {n!r}")
+    check_choice("compat", compat, ("native", "reference"))
+    check_int("n", n, 1, note="samples per monitor prompt")
     cand = torch.as_tensor(list(candidates), dtype=torch.float64).reshape(-1)
     if cand.numel() == 0:
         raise ValueError("candidates: must hold at least one length")
@@ -545,10 +529,8 @@ def ngram_repetition(ids: object, mask: object = None, *, n: int = 20, min_count
     a masked token get unique sentinel keys. Rows are processed in chunks of about
     ``chunk_elements`` windows. Returns bool (N,).
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: must be a positive integer (n-gram size), got {n!r}")
-    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 2:
-        raise ValueError(f"min_count: must be an integer >= 2, got {min_count!r}")
+    check_int("n", n, 1, note="n-gram size")
+    check_int("min_count", min_count, 2)
     x = torch.as_tensor(ids).detach().cpu()
     if x.dim() != 2 or x.is_floating_point():
         raise ValueError(f"ids: must be an integer tensor (N, T), got {x.dtype} "
@@ -617,8 +599,8 @@ def overlong_penalty(length: object, *, cap: int, buffer: int) -> Tensor:
 
     Float64 (N,); add it to the correctness reward.
     """
-    cp = _number("cap", cap, 0.0, low_open=True)
-    buf = _number("buffer", buffer, 0.0, cp, low_open=True)
+    cp = float(check_number("cap", cap, 0.0, low_open=True))
+    buf = float(check_number("buffer", buffer, 0.0, cp, low_open=True, note="at most cap"))
     L = _lengths("length", length)
     start = cp - buf
     ramp = (start - L) / buf
@@ -642,9 +624,9 @@ def dot_truncation_lengths(correct: object, length: object, group: object, *,
     at most (G−1)/√G, so at α = 3 nothing is ever truncated when G ≤ 10. The caller re-runs the
     verifier on the truncated responses. Returns the new lengths, float64 (N,).
     """
-    a = _number("alpha", alpha, 0.0)
-    m = _number("margin", margin, 0.0)
-    thr = _number("success_threshold", success_threshold, 0.0, 1.0)
+    a = float(check_number("alpha", alpha, 0.0))
+    m = float(check_number("margin", margin, 0.0))
+    thr = float(check_number("success_threshold", success_threshold, 0.0, 1.0))
     c, L, g, num = _inputs(correct, length, group)
     if num == 0:
         return L
@@ -671,14 +653,12 @@ def predictive_oversampling_factor(pass_rates: Sequence[float], *, init: float =
     ``init`` when the history is empty; ``high`` when the mean pass rate is 0. Defaults: init
     1.5, [low, high] = [1.2, 5.0] (run script; the code default for high is 3.0), window 20.
     """
-    lo, hi = _number("low", low, 0.0, low_open=True), _number("high", high)
-    if hi < lo:
-        raise ValueError(f"high: must be >= low ({lo}), got {hi}")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window: must be a positive integer, got {window!r}")
+    lo = float(check_number("low", low, 0.0, low_open=True))
+    hi = float(check_number("high", high, lo, note="at least low"))
+    check_int("window", window, 1)
     rates = [float(r) for r in pass_rates][-window:]
     if not rates:
-        return _number("init", init, 0.0, low_open=True)
+        return float(check_number("init", init, 0.0, low_open=True))
     mean = sum(rates) / len(rates)
     if mean <= 0:
         return hi

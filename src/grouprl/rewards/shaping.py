@@ -33,13 +33,14 @@ from typing import Any, ClassVar
 
 import torch
 
+from grouprl.validation import check_choice, check_int, check_number, check_options
+
 from .length import (
     LASER_MODES,
     HapoHistory,
     _codes,
     _f64,
     _lengths,
-    _number,
     _tiers,
     _vec,
     da_dler_reward,
@@ -116,19 +117,6 @@ def _require(shaper: str, name: str, value: Any, why: str) -> None:
         raise ValueError(f"{name}: required for reward shaping {shaper!r} ({why})")
 
 
-def _choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
-    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
-        raise ValueError(f"{name}: got {value!r}; accepted values are "
-                         + ", ".join(repr(c) for c in choices))
-
-
-def _integer(name: str, value: Any, low: int, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}: must be an integer >= {low}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class NoneOptions:
     """``none``: the verifier's correctness reward, 1.0 / 0.0. No options."""
@@ -154,10 +142,10 @@ class KimiOptions:
         _require("kimi", "weight", self.weight,
                  "Kimi k1.5's weight is unverified; LASER's re-implementation uses 0.4 with "
                  "correct_reward 1.0 and wrong_reward -0.5")
-        _number("weight", self.weight, 0.0)
-        _number("correct_reward", self.correct_reward)
-        _number("wrong_reward", self.wrong_reward)
-        _integer("warmup_iterations", self.warmup_iterations, 0)
+        check_number("weight", self.weight, 0.0)
+        check_number("correct_reward", self.correct_reward)
+        check_number("wrong_reward", self.wrong_reward)
+        check_int("warmup_iterations", self.warmup_iterations, 0)
 
 
 @dataclass(frozen=True)
@@ -178,8 +166,8 @@ class GrpoLambdaOptions:
         _require("grpo_lambda", "alpha", self.alpha,
                  "the paper's value is unknown; the note's example uses 0.6, Arora & Zanette "
                  "use 0.1–0.4")
-        _number("alpha", self.alpha, 0.0, 1.0)
-        _number("top_fraction", self.top_fraction, 0.0, 1.0)
+        check_number("alpha", self.alpha, 0.0, 1.0)
+        check_number("top_fraction", self.top_fraction, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -213,9 +201,9 @@ class HapoOptions:
     mode: str = "min"
 
     def __post_init__(self) -> None:
-        _number("weight", self.weight, 0.0)
-        _number("floor", self.floor, -1.0, 0.0)
-        _choice("mode", self.mode, ("min", "mean"))
+        check_number("weight", self.weight, 0.0)
+        check_number("floor", self.floor, -1.0, 0.0)
+        check_choice("mode", self.mode, ("min", "mean"))
 
 
 @dataclass(frozen=True)
@@ -238,11 +226,11 @@ class LaserOptions:
     def __post_init__(self) -> None:
         _require("laser", "target", self.target,
                  "the target length L_T in tokens; the released runs use 2048, 4096 or 8192")
-        _number("target", self.target, 0.0, low_open=True)
-        _number("alpha", self.alpha, 0.0)
-        _choice("mode", self.mode, LASER_MODES)
+        check_number("target", self.target, 0.0, low_open=True)
+        check_number("alpha", self.alpha, 0.0)
+        check_choice("mode", self.mode, LASER_MODES)
         for name in ("correct_reward", "wrong_reward", "malformed_reward"):
-            _number(name, getattr(self, name))
+            check_number(name, getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -274,19 +262,16 @@ class LaserDOptions:
     malformed_reward: float = -1.0
 
     def __post_init__(self) -> None:
-        _number("alpha", self.alpha, 0.0)
-        _choice("mode", self.mode, LASER_MODES)
-        _integer("low", self.low, 1)
-        _integer("step", self.step, 1)
-        _integer("cap", self.cap, 1, optional=True)
-        if self.cap is not None and self.cap < self.low:
-            raise ValueError(f"cap: must be >= low ({self.low}), got {self.cap}")
-        _integer("n", self.n, 1, optional=True)
-        if self.initial_target is not None:
-            _number("initial_target", self.initial_target, 0.0, low_open=True)
-        _choice("compat", self.compat, ("native", "reference"))
+        check_number("alpha", self.alpha, 0.0)
+        check_choice("mode", self.mode, LASER_MODES)
+        check_int("low", self.low, 1)
+        check_int("step", self.step, 1)
+        check_int("cap", self.cap, self.low, none_ok=True, note="at least low")
+        check_int("n", self.n, 1, none_ok=True)
+        check_number("initial_target", self.initial_target, 0.0, low_open=True, none_ok=True)
+        check_choice("compat", self.compat, ("native", "reference"))
         for name in ("correct_reward", "wrong_reward", "malformed_reward"):
-            _number(name, getattr(self, name))
+            check_number(name, getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -300,9 +285,9 @@ class LaserDEOptions(LaserDOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _choice("mode", self.mode, ("reward",))
-        _integer("ngram", self.ngram, 1)
-        _integer("min_count", self.min_count, 2)
+        check_choice("mode", self.mode, ("reward",))
+        check_int("ngram", self.ngram, 1)
+        check_int("min_count", self.min_count, 2)
 
 
 @dataclass(frozen=True)
@@ -320,10 +305,9 @@ class OverlongOptions:
     def __post_init__(self) -> None:
         _require("overlong", "buffer", self.buffer,
                  "the cache length C of the soft penalty; DAPO uses 4096 with a 20480-token cap")
-        _integer("buffer", self.buffer, 1)
-        _integer("cap", self.cap, 1, optional=True)
-        if self.cap is not None and self.buffer > self.cap:
-            raise ValueError(f"buffer: must be <= cap ({self.cap}), got {self.buffer}")
+        check_int("cap", self.cap, 1, none_ok=True)
+        check_int("buffer", self.buffer, 1, self.cap,
+                  note="at most cap" if self.cap is not None else "")
 
 
 # --------------------------------------------------------------------------- shapers
@@ -575,8 +559,7 @@ class OverlongShaper(RewardShaper):
         if cap is None:
             raise ValueError("cap: reward shaping 'overlong' needs L_cap; set the option cap or "
                              "pass max_new_tokens in the ShapingContext")
-        if o.buffer > cap:
-            raise ValueError(f"buffer: must be <= cap ({cap}), got {o.buffer}")
+        check_int("buffer", o.buffer, 1, cap, note="at most L_cap, the context's max_new_tokens")
         penalty = overlong_penalty(L, cap=int(cap), buffer=o.buffer)
         return self._done(c.to(torch.float64) + penalty, penalized_fraction=_frac(penalty < 0),
                           penalty_mean=float(penalty.mean()) if penalty.numel() else 0.0)
@@ -604,12 +587,7 @@ def shaper_options(name: str, **options: Any) -> Any:
         raise ValueError(f"shaping: unknown reward shaping {name!r}; available: "
                          + ", ".join(_SHAPERS))
     cls = _SHAPERS[name].options_type
-    accepted = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        listed = ", ".join(accepted) if accepted else "none"
-        raise ValueError(f"{unknown[0]}: not an option of reward shaping {name!r}; accepted "
-                         f"options: {listed}")
+    check_options(f"reward shaping {name!r}", options, [f.name for f in dataclasses.fields(cls)])
     return cls(**options)
 
 

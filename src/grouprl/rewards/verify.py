@@ -39,9 +39,10 @@ Timeouts and threads
 math-verify times out with ``signal.alarm``, which only works in the main thread of the main
 interpreter: :func:`verify_answer` passes its ``timeout_s`` to math-verify in the main thread and
 disables math-verify's timeout elsewhere (spec §C1 threading note). For training, use
-:class:`Verifier` with ``workers > 0``: calls run in persistent worker processes with a
-wall-clock timeout of our own; a call that runs too long returns reason ``"timeout"`` and its
-worker is killed and replaced, a worker that dies returns ``"error"``.
+:class:`Verifier` with ``workers > 0``: calls run in persistent worker processes
+(:class:`grouprl.workers.WorkerPool`) with a wall-clock timeout of our own; a call that runs
+too long returns reason ``"timeout"`` and its worker is killed and replaced, a worker that dies
+returns ``"error"``.
 """
 
 from __future__ import annotations
@@ -50,20 +51,15 @@ import importlib
 import logging
 import math
 import multiprocessing as mp
-import os
 import pickle
 import re
-import signal
 import threading
 import time
 import warnings
-import weakref
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache
-from multiprocessing.connection import wait as _mp_wait
+from functools import lru_cache, partial
 from typing import Any
 
 from grouprl.rewards.extract import (
@@ -76,6 +72,8 @@ from grouprl.rewards.extract import (
     normalize_answer,
     split_think,
 )
+from grouprl.validation import check_choice, check_int, check_number
+from grouprl.workers import WorkerPool, WorkerStartError
 
 __all__ = [
     "BACKENDS",
@@ -610,146 +608,17 @@ def _call(fn: CheckFn | None, kwargs: dict[str, Any], response: str, gold: str) 
         return VerifyResult(False, None, gold, "error")
 
 
-def _worker_main(conn: Any, fn: CheckFn | None, kwargs: dict[str, Any]) -> None:
-    """Worker process loop: ``(call_id, response, gold)`` in, ``(call_id, VerifyResult)`` out;
-    ``None`` or a closed pipe ends it. Ctrl-C is left to the parent."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if fn is None:  # import and warm up (math-verify's first call builds its parsers)
+def _verifier_state(fn: CheckFn | None, kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """Worker state: import and warm up (math-verify's first call builds its parsers)."""
+    if fn is None:
         verify_answer("\\boxed{1}", "1", **kwargs)
-    conn.send(("ready", os.getpid()))
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        call_id, response, gold = msg
-        result = _call(fn, kwargs, response, gold)
-        try:
-            conn.send((call_id, result))
-        except (BrokenPipeError, OSError):
-            return
+    return fn, kwargs
 
 
-class _Worker:
-    """One worker process and the parent's end of its pipe."""
-
-    def __init__(self, ctx: Any, fn: CheckFn | None, kwargs: dict[str, Any]) -> None:
-        self.conn, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(child, fn, kwargs), daemon=True,
-                                name="grouprl-verifier")
-        self.proc.start()
-        child.close()
-        self.state = "starting"          # "starting" → "idle" ⇄ "busy"
-        self.task = -1
-        self.gold = ""
-        self.deadline = time.monotonic() + _STARTUP_TIMEOUT_S
-
-    def send(self, task: int, seq: int, response: str, gold: str, timeout_s: float | None) -> None:
-        self.conn.send((seq, response, gold))
-        self.state, self.task, self.gold = "busy", task, gold
-        self.deadline = math.inf if timeout_s is None else time.monotonic() + timeout_s
-
-    def kill(self) -> None:
-        try:
-            self.proc.kill()
-        except (OSError, ValueError):
-            pass
-        self.proc.join(timeout=5)
-        self.conn.close()
-
-    def stop(self) -> None:
-        try:
-            self.conn.send(None)
-        except (OSError, ValueError):
-            pass
-        self.proc.join(timeout=1)
-        if self.proc.is_alive():
-            self.kill()
-        else:
-            self.conn.close()
-
-
-class _Pool:
-    """Persistent worker processes with a per-call wall-clock timeout. Owns no reference to
-    the :class:`Verifier`, so a ``weakref.finalize`` can close it."""
-
-    def __init__(self, n: int, start_method: str, fn: CheckFn | None,
-                 kwargs: dict[str, Any], timeout_s: float | None) -> None:
-        self.ctx = mp.get_context(start_method)
-        self.fn, self.kwargs, self.timeout_s = fn, kwargs, timeout_s
-        self.workers = [_Worker(self.ctx, fn, kwargs) for _ in range(n)]
-        self.restarts = 0
-        self.seq = 0
-
-    def _replace(self, i: int) -> None:
-        self.workers[i].kill()
-        self.workers[i] = _Worker(self.ctx, self.fn, self.kwargs)
-        self.restarts += 1
-
-    def run(self, items: Sequence[tuple[str, str]]) -> list[VerifyResult]:
-        results: list[VerifyResult | None] = [None] * len(items)
-        pending = deque(range(len(items)))
-        while True:
-            for w in self.workers:  # dispatch
-                if w.state == "idle" and pending:
-                    task = pending.popleft()
-                    self.seq += 1
-                    try:
-                        w.send(task, self.seq, items[task][0], items[task][1], self.timeout_s)
-                    except (OSError, ValueError):  # died while idle: retry on a fresh worker
-                        pending.appendleft(task)
-                        w.state = "dead"
-            for i, w in enumerate(self.workers):
-                if w.state == "dead":
-                    self._replace(i)
-            active = [w for w in self.workers if w.state in ("starting", "busy")]
-            if not pending and not any(w.state == "busy" for w in self.workers):
-                return results  # type: ignore[return-value]
-            if not active:  # cannot happen: every idle worker just took a task
-                raise RuntimeError("verifier pool has no live worker")
-            wait_s = max(0.0, min(w.deadline for w in active) - time.monotonic())
-            handles = [w.conn for w in active] + [w.proc.sentinel for w in active]
-            _mp_wait(handles, timeout=None if math.isinf(wait_s) else wait_s)
-            now = time.monotonic()
-            for i, w in enumerate(self.workers):
-                if w.state not in ("starting", "busy"):
-                    continue
-                msg, eof = None, False
-                try:
-                    if w.conn.poll():
-                        msg = w.conn.recv()
-                except (EOFError, OSError):
-                    eof = True
-                if msg is not None:
-                    if w.state == "starting":
-                        w.state = "idle"
-                    else:
-                        results[w.task] = msg[1]
-                        w.state, w.task = "idle", -1
-                    continue
-                if eof or not w.proc.is_alive():
-                    if w.state == "starting":
-                        code = w.proc.exitcode
-                        w.kill()
-                        raise RuntimeError(
-                            f"verifier worker process failed to start (exit code {code}); "
-                            "run with workers=0 to see the error in this process")
-                    results[w.task] = VerifyResult(False, None, w.gold, "error")
-                    self._replace(i)
-                elif now >= w.deadline:
-                    if w.state == "starting":
-                        w.kill()
-                        raise RuntimeError(
-                            f"verifier worker process not ready after {_STARTUP_TIMEOUT_S:.0f} s")
-                    results[w.task] = VerifyResult(False, None, w.gold, "timeout")
-                    self._replace(i)
-
-    def close(self) -> None:
-        for w in self.workers:
-            w.stop()
-        self.workers = []
+def _verify_item(state: tuple[Any, ...], item: tuple[str, str]) -> VerifyResult:
+    """Worker call: one ``(response, gold)`` pair."""
+    fn, kwargs = state
+    return _call(fn, kwargs, *item)
 
 
 class Verifier:
@@ -794,13 +663,9 @@ class Verifier:
                  require_think_close: bool = False, fn: CheckFn | None = None,
                  start_method: str = "spawn") -> None:
         _check_mode(mode)
-        if not isinstance(workers, int) or workers < 0:
-            raise ValueError(f"workers must be an int >= 0, got {workers!r}")
-        if timeout_s is not None and not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s!r}")
-        if start_method not in mp.get_all_start_methods():
-            raise ValueError(f"start_method must be one of {mp.get_all_start_methods()}, "
-                             f"got {start_method!r}")
+        check_int("workers", workers, 0)
+        check_number("timeout_s", timeout_s, 0, low_open=True, none_ok=True, note="seconds")
+        check_choice("start_method", start_method, tuple(mp.get_all_start_methods()))
         if fn is not None and workers > 0:
             try:
                 pickle.dumps(fn)
@@ -819,8 +684,7 @@ class Verifier:
         self._init_runtime()
 
     def _init_runtime(self) -> None:
-        self._pool: _Pool | None = None
-        self._finalizer: weakref.finalize | None = None
+        self._pool: WorkerPool | None = None
         self._lock = threading.Lock()
 
     @property
@@ -838,11 +702,23 @@ class Verifier:
             return False
         return True
 
-    def _ensure_pool(self) -> _Pool:
+    def _ensure_pool(self) -> WorkerPool:
         if self._pool is None:
-            self._pool = _Pool(self.workers, self.start_method, self.fn, self._kwargs,
-                               self.timeout_s)
-            self._finalizer = weakref.finalize(self, self._pool.close)
+            pool = WorkerPool(partial(_verifier_state, self.fn, self._kwargs), _verify_item,
+                              self.workers, timeout=self.timeout_s,
+                              start_timeout=_STARTUP_TIMEOUT_S, start_method=self.start_method,
+                              name="grouprl-verifier")
+            try:
+                pool.start()
+            except WorkerStartError as err:
+                pool.close()
+                raise RuntimeError(f"verifier worker process failed to start: {err.reason}; "
+                                   "run with workers=0 to see the error in this process"
+                                   ) from None
+            except BaseException:
+                pool.close()
+                raise
+            self._pool = pool
         return self._pool
 
     def _count(self, results: list[VerifyResult]) -> list[VerifyResult]:
@@ -869,19 +745,22 @@ class Verifier:
             if not self._use_pool():
                 return self._count([_call(self.fn, self._kwargs, r, g) for r, g in items])
             pool = self._ensure_pool()
+            restarts = pool.stats["restarts"]
             try:
-                results = pool.run(items)
-            except BaseException:  # Ctrl-C or a worker that cannot start: busy workers would
-                self._close_pool()  # answer stale calls later, so start afresh next time
+                outcomes = pool.map(items)
+            except BaseException:  # Ctrl-C: the pool closed itself; start afresh next time
+                self._close_pool()
                 raise
-            self.stats["worker_restarts"] += pool.restarts
-            pool.restarts = 0
-            return self._count(results)
+            self.stats["worker_restarts"] += pool.stats["restarts"] - restarts
+            return self._count([
+                out.value if out.ok else
+                VerifyResult(False, None, gold, "timeout" if out.timed_out else "error")
+                for out, (_, gold) in zip(outcomes, items)])
 
     def _close_pool(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer()  # runs _Pool.close once
-        self._pool, self._finalizer = None, None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     def close(self) -> None:
         """Stop the worker processes (a later call starts new ones)."""
@@ -896,7 +775,7 @@ class Verifier:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_pool", "_finalizer", "_lock"):
+        for key in ("_pool", "_lock"):
             state.pop(key, None)
         state["stats"] = dict(self.stats)
         return state

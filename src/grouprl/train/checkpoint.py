@@ -1,4 +1,4 @@
-"""Atomic training checkpoints in safe formats only (safetensors + JSON; nothing is unpickled).
+"""Atomic, checksummed training checkpoints in the field's standard formats.
 
 Layout of one checkpoint, ``run_dir/checkpoints/iter_{iteration:06d}/``:
 
@@ -6,27 +6,27 @@ Layout of one checkpoint, ``run_dir/checkpoints/iter_{iteration:06d}/``:
 ``model.safetensors``      full model state dict (tied weights stored once, restored
                            tied); for a peft ``PeftModel`` only the active adapter's
                            weights (``get_peft_model_state_dict``)
-``adapter_config.json``    peft models only: the adapter's ``LoraConfig`` etc.
-``optimizer.safetensors``  every tensor of ``optimizer.state_dict()`` (``state.{idx}.{key}``,
-                           AdamW's ``step`` included)
-``optimizer.json``         the rest of the optimizer state dict (``param_groups``, non-tensor
-                           values), tensors referenced by key
-``scheduler.json``         ``scheduler.state_dict()`` (LambdaLR's ``lr_lambdas`` entries are
-                           ``None`` for plain functions); ``scheduler.safetensors`` only if it
-                           holds tensors
-``rng.safetensors``        torch CPU RNG state, CUDA RNG states (when CUDA is initialised),
-                           the state of each named ``torch.Generator``
-``rng.json``               python ``random`` and global numpy states, named numpy / python
-                           generators
-``state.json``             ``{"iteration": ..., "state": <caller's JSON-able state>}``
+``adapter_config.json``    peft models only: the adapter's ``LoraConfig`` (``save_pretrained``)
+``optimizer.pt``           ``optimizer.state_dict()`` (``torch.save``)
+``scheduler.pt``           ``scheduler.state_dict()`` (``torch.save``; LambdaLR's ``lr_lambdas``
+                           entries are ``None`` for plain functions)
+``rng.pt``                 python ``random``, global numpy, torch CPU and (when CUDA is
+                           initialised) CUDA RNG states, and each named generator's state
+``state.pt``               ``{"iteration": ..., "state": <caller's plain-data state>}``
 ``config.json``            the resolved run configuration (plain JSON, for humans and tools)
+``manifest.json``          ``{"format_version": 2, "iteration": ..., "files": {name: {"sha256":
+                           ..., "size": ...}}}`` for every file above
 ``COMPLETE``               written last; a directory without it is never used
 =========================  ===========================================================
 
-JSON files other than ``config.json`` use a lossless encoding: tuples, dicts with non-string
-keys and numpy arrays are tagged (``{"__tuple__": [...]}``, ``{"__items__": [[k, v], ...]}``,
-``{"__ndarray__": [dtype, values]}``) and tensors are ``{"__tensor__": key}`` references into
-the sibling ``.safetensors`` file, so a state dict comes back exactly as it was saved.
+Safety and integrity (:mod:`grouprl.train.safe_io`): ``.pt`` files are read only with
+``torch.load(..., weights_only=True, map_location="cpu")``, which since torch 2.6 never unpickles
+arbitrary objects (tensors, plain containers and scalars, and numeric numpy arrays only; any other
+object in a file is refused with :class:`CheckpointError`); saving refuses data that such a load
+could not read back. Every file's sha256 and size go into ``manifest.json``; loading verifies each
+file it reads before deserialising anything, and before any object passed in is modified, and
+raises :class:`CheckpointError` naming the file when one is missing, truncated or modified, so a
+caller can fall back to an older checkpoint (:func:`list_checkpoints`).
 
 Atomicity: everything is written into ``checkpoints/.tmp-iter_XXXXXX-<pid>/``, each file and the
 directory are fsynced, the directory is renamed into place (an existing one is renamed aside
@@ -36,17 +36,14 @@ latest one; ``.tmp-*`` / ``.old-*`` leftovers are ignored and cleaned up by the 
 A crash after the rename but before the pointer moves leaves the new checkpoint complete but not
 latest. Re-saving the iteration that ``latest`` points to has one small window (between the two
 renames) in which a crash makes :func:`latest_checkpoint` fall back to the newest older one.
-Only ``.safetensors`` and JSON files are ever read back: no pickle, no ``torch`` deserialiser.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import enum
 import json
 import os
-import random
 import re
 import shutil
 import sys
@@ -58,82 +55,82 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "export_model",
-           "checkpoint_dir_name", "list_checkpoints"]
+from grouprl.train.rng_state import (
+    Generatorish,
+    capture_rng_state,
+    check_generators,
+    restore_rng_state,
+)
+from grouprl.train.safe_io import (
+    MANIFEST_FILE,
+    CheckpointError,
+    load_torch,
+    read_manifest,
+    require_safe_torch,
+    save_torch,
+    verify_files,
+    write_manifest,
+)
+from grouprl.train.safe_io import fsync_dir as _fsync_dir  # also used by train.metrics
+from grouprl.validation import check_range
+
+__all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "read_checkpoint_state",
+           "verify_checkpoint", "checkpoint_dir_name", "list_checkpoints", "CheckpointError"]
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
 COMPLETE_FILE = "COMPLETE"
 MODEL_FILE = "model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+RNG_FILE = "rng.pt"
+STATE_FILE = "state.pt"
+CONFIG_FILE = "config.json"
+FORMAT_VERSION = 2  # 1: the JSON + safetensors layout of grouprl <= 0.x, without a manifest
 _NAME_RE = re.compile(r"^iter_(\d{6,})$")
 _TMP_PREFIX = ".tmp-"
 _OLD_PREFIX = ".old-"
-_TAGS = ("__tensor__", "__tuple__", "__items__", "__ndarray__")
-
-Generatorish = torch.Generator | np.random.Generator | np.random.RandomState | random.Random
 
 
-# --------------------------------------------------------------------------- lossless JSON codec
+# --------------------------------------------------------------------------- plain data
 
 
-def _join(path: str, key: object) -> str:
-    return f"{path}.{key}" if path else str(key)
+def _plain(obj: Any, path: str, what: str) -> Any:
+    """A copy of ``obj`` as plain Python data (numpy scalars become Python scalars).
 
-
-def _encode(obj: Any, path: str, what: str, tensors: dict[str, torch.Tensor] | None) -> Any:
-    """Turn ``obj`` into JSON-able data; tensors go into ``tensors`` (keyed by their path)."""
-    if obj is None or isinstance(obj, bool | int | float | str):
+    Allowed: None, bool, int, float, str, bytes, list, tuple, dict (keys: None/bool/int/float/
+    str), numeric numpy arrays. Tensors are refused: ``state`` is the loop's bookkeeping, the
+    model and optimizer carry the tensors.
+    """
+    where = f"field {path!r}" if path else "value"
+    if obj is None or isinstance(obj, bool | int | float | str | bytes):
         return obj
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
-        return {"__ndarray__": [str(obj.dtype), obj.tolist()]}
+        if obj.dtype.kind not in "biufc":
+            raise TypeError(f"{what}: {where} is a numpy array of dtype {obj.dtype}; only "
+                            "numeric arrays are allowed (convert with .tolist())")
+        return obj.copy()
     if isinstance(obj, torch.Tensor):
-        if tensors is None:
-            raise TypeError(f"{what}: field {path or '<root>'!r} is a tensor; tensors are not "
-                            "allowed here (convert with .tolist() or .item())")
-        key = path or "tensor"
-        while key in tensors:  # "a.b" from {"a": {"b": t}} vs {"a.b": t}
-            key += "#"
-        tensors[key] = obj.detach()
-        return {"__tensor__": key}
-    if isinstance(obj, tuple):
-        return {"__tuple__": [_encode(v, _join(path, i), what, tensors) for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [_encode(v, _join(path, i), what, tensors) for i, v in enumerate(obj)]
+        raise TypeError(f"{what}: {where} is a tensor; tensors are not allowed here (convert "
+                        "with .tolist() or .item())")
+    if isinstance(obj, list | tuple):
+        items = [_plain(v, f"{path}.{i}" if path else str(i), what) for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
     if isinstance(obj, Mapping):
-        if all(isinstance(k, str) and k not in _TAGS for k in obj):
-            return {k: _encode(v, _join(path, k), what, tensors) for k, v in obj.items()}
-        items = []
+        out = {}
         for k, v in obj.items():
+            if isinstance(k, np.generic):
+                k = k.item()
             if not (k is None or isinstance(k, bool | int | float | str)):
-                raise TypeError(f"{what}: field {path or '<root>'!r} has a key of unsupported "
-                                f"type {type(k).__name__} ({k!r})")
-            items.append([k, _encode(v, _join(path, k), what, tensors)])
-        return {"__items__": items}
-    raise TypeError(f"{what}: field {path or '<root>'!r} has unsupported type "
-                    f"{type(obj).__name__}; allowed: None, bool, int, float, str, list, tuple, "
-                    "dict, numpy arrays/scalars" + (", tensors" if tensors is not None else ""))
-
-
-def _decode(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
-    """Inverse of :func:`_encode`."""
-    if isinstance(obj, list):
-        return [_decode(v, tensors) for v in obj]
-    if isinstance(obj, dict):
-        if len(obj) == 1:
-            ((tag, val),) = obj.items()
-            if tag == "__tensor__":
-                return tensors[val]
-            if tag == "__tuple__":
-                return tuple(_decode(v, tensors) for v in val)
-            if tag == "__items__":
-                return {k: _decode(v, tensors) for k, v in val}
-            if tag == "__ndarray__":
-                return np.array(val[1], dtype=val[0])
-        return {k: _decode(v, tensors) for k, v in obj.items()}
-    return obj
+                raise TypeError(f"{what}: {where} has a key of unsupported type "
+                                f"{type(k).__name__} ({k!r})")
+            out[k] = _plain(v, f"{path}.{k}" if path else str(k), what)
+        return out
+    raise TypeError(f"{what}: {where} has unsupported type {type(obj).__name__}; allowed: None, "
+                    "bool, int, float, str, bytes, list, tuple, dict, numpy arrays/scalars")
 
 
 def _config_default(obj: Any) -> Any:
@@ -153,35 +150,6 @@ def _config_default(obj: Any) -> Any:
     raise TypeError(f"config: value of unsupported type {type(obj).__name__} ({obj!r})")
 
 
-# --------------------------------------------------------------------------- file helpers
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, obj: Any, indent: int | None = None) -> None:
-    path.write_text(json.dumps(obj, indent=indent) + "\n", encoding="utf-8")
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _safe_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous tensors, none sharing storage with another (safetensors refuses aliasing)."""
     out: dict[str, torch.Tensor] = {}
@@ -198,21 +166,6 @@ def _safe_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def _save_structured(directory: Path, stem: str, obj: Any, what: str, *,
-                     always_tensor_file: bool) -> None:
-    tensors: dict[str, torch.Tensor] = {}
-    encoded = _encode(obj, "", what, tensors)
-    if tensors or always_tensor_file:
-        save_file(_safe_tensors(tensors), str(directory / f"{stem}.safetensors"))
-    _write_json(directory / f"{stem}.json", encoded, indent=1 if stem == "scheduler" else None)
-
-
-def _load_structured(directory: Path, stem: str) -> Any:
-    tensor_file = directory / f"{stem}.safetensors"
-    tensors = load_file(str(tensor_file)) if tensor_file.exists() else {}
-    return _decode(_read_json(directory / f"{stem}.json"), tensors)
-
-
 # --------------------------------------------------------------------------- names and discovery
 
 
@@ -222,11 +175,16 @@ def checkpoint_dir_name(iteration: int) -> str:
 
 
 def _is_complete(path: Path) -> bool:
-    return path.is_dir() and (path / COMPLETE_FILE).is_file() and (path / "state.json").is_file()
+    return (path.is_dir() and (path / COMPLETE_FILE).is_file()
+            and (path / MANIFEST_FILE).is_file())
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoint directories of ``run_dir``, oldest iteration first."""
+    """Complete checkpoint directories of ``run_dir``, oldest iteration first.
+
+    Completeness is the ``COMPLETE`` marker plus ``manifest.json``; file checksums are verified
+    when a checkpoint is loaded (or by :func:`verify_checkpoint`).
+    """
     root = Path(run_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
@@ -242,7 +200,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint ``checkpoints/latest`` points to, else the newest complete one, else None.
 
     ``.tmp-*`` leftovers of an interrupted save and directories without the ``COMPLETE`` marker
-    (or ``state.json``) are never returned.
+    (or ``manifest.json``) are never returned.
     """
     root = Path(run_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
@@ -312,78 +270,7 @@ def _load_model(directory: Path, model: torch.nn.Module) -> None:
                          f"{sorted(result.unexpected_keys)[:5]}")
 
 
-# --------------------------------------------------------------------------- RNG
-
-
-def _generator_entry(name: str, gen: Generatorish, tensors: dict[str, torch.Tensor]) -> dict:
-    if isinstance(gen, torch.Generator):
-        tensors[f"generator.{name}"] = gen.get_state()
-        return {"type": "torch", "device": str(gen.device)}
-    if isinstance(gen, np.random.Generator):
-        return {"type": "numpy", "state": gen.bit_generator.state}
-    if isinstance(gen, np.random.RandomState):
-        return {"type": "numpy_legacy", "state": gen.get_state()}
-    if isinstance(gen, random.Random):
-        return {"type": "python", "state": gen.getstate()}
-    raise TypeError(f"generators[{name!r}]: unsupported type {type(gen).__name__}; expected "
-                    "torch.Generator, numpy.random.Generator/RandomState or random.Random")
-
-
-def _save_rng(directory: Path, generators: Mapping[str, Generatorish] | None) -> None:
-    tensors: dict[str, torch.Tensor] = {"torch.cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"torch.cuda.{i}"] = s
-    named = {}
-    for name, gen in (generators or {}).items():
-        if not isinstance(name, str):
-            raise TypeError(f"generators: names must be strings, got {name!r}")
-        named[name] = _generator_entry(name, gen, tensors)
-    meta = {"python": random.getstate(), "numpy": np.random.get_state(), "generators": named}
-    save_file(_safe_tensors(tensors), str(directory / "rng.safetensors"))
-    _write_json(directory / "rng.json", _encode(meta, "", "rng", None))
-
-
-def _restore_generator(name: str, gen: Generatorish, entry: Mapping,
-                       tensors: Mapping[str, torch.Tensor]) -> None:
-    kind = entry["type"]
-    expected = {torch.Generator: "torch", np.random.Generator: "numpy",
-                np.random.RandomState: "numpy_legacy", random.Random: "python"}
-    got = next((v for k, v in expected.items() if isinstance(gen, k)), None)
-    if got != kind:
-        raise TypeError(f"generators[{name!r}]: checkpoint holds a {kind} generator state, got "
-                        f"{type(gen).__name__}")
-    if kind == "torch":
-        gen.set_state(tensors[f"generator.{name}"])
-    elif kind == "numpy":
-        gen.bit_generator.state = entry["state"]
-    elif kind == "numpy_legacy":
-        gen.set_state(entry["state"])
-    else:
-        gen.setstate(entry["state"])
-
-
-def _load_rng(directory: Path, generators: Mapping[str, Generatorish] | None,
-              restore_global: bool) -> None:
-    tensors = load_file(str(directory / "rng.safetensors"))
-    meta = _decode(_read_json(directory / "rng.json"), tensors)
-    if restore_global:
-        torch.set_rng_state(tensors["torch.cpu"])
-        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch.cuda.")]
-        if cuda and torch.cuda.is_available():
-            for i, s in enumerate(cuda[: torch.cuda.device_count()]):
-                torch.cuda.set_rng_state(s, i)
-        random.setstate(meta["python"])
-        np.random.set_state(meta["numpy"])
-    saved = meta["generators"]
-    for name, gen in (generators or {}).items():
-        if name not in saved:
-            raise KeyError(f"generators: checkpoint {directory} has no generator named {name!r}; "
-                           f"saved: {sorted(saved)}")
-        _restore_generator(name, gen, saved[name], tensors)
-
-
-# --------------------------------------------------------------------------- save / load
+# --------------------------------------------------------------------------- save
 
 
 def _move_into_place(tmp: Path, final: Path) -> None:
@@ -434,12 +321,6 @@ def _prune(root: Path, keep_last: int | None, iteration: int) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def save_checkpoint(run_dir: str | Path, *, iteration: int, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
@@ -451,20 +332,22 @@ def save_checkpoint(run_dir: str | Path, *, iteration: int, model: torch.nn.Modu
     Args:
         iteration: number of completed training iterations (>= 0).
         model: a ``torch.nn.Module``; for a peft ``PeftModel`` only the active adapter is saved.
-        optimizer, scheduler: saved when given.
+        optimizer, scheduler: saved when given (``torch.save`` of their ``state_dict()``).
         config: resolved run configuration (JSON-able; dataclasses, Paths, numpy scalars and
             enums are converted), written to ``config.json``.
-        state: the caller's JSON-able state (counters, histories, data-loader position); tuples
-            and int-keyed dicts round-trip exactly; tensors are not allowed.
+        state: the caller's plain-data state (counters, histories, data-loader position): None,
+            bool, int, float, str, bytes, lists, tuples, dicts with scalar keys and numeric numpy
+            arrays, returned exactly as saved by :func:`load_checkpoint` (numpy scalars come
+            back as Python scalars); tensors are not allowed.
         generators: named RNGs to save besides the global ones (``torch.Generator``, numpy
             ``Generator``/``RandomState``, ``random.Random``).
         keep_last: keep this many newest checkpoints up to this one (>= 1); ``None`` keeps all.
 
     Returns the checkpoint directory. An existing checkpoint of the same iteration is replaced.
     """
-    iteration = _check_int("iteration", iteration, 0)
+    check_range("iteration", iteration, 0, integer=True)
     if keep_last is not None:
-        keep_last = _check_int("keep_last", keep_last, 1)
+        check_range("keep_last", keep_last, 1, integer=True)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if state is not None and not isinstance(state, Mapping):
@@ -473,6 +356,12 @@ def save_checkpoint(run_dir: str | Path, *, iteration: int, model: torch.nn.Modu
         config = dataclasses.asdict(config)
     if config is not None and not isinstance(config, Mapping):
         raise TypeError(f"config: expected a mapping or a dataclass, got {type(config).__name__}")
+    # Check the caller's data first: a bad value fails before anything heavy is written.
+    saved_state = {"iteration": iteration, "state": _plain(dict(state or {}), "", "state")}
+    config_text = None
+    if config is not None:
+        config_text = json.dumps(dict(config), indent=2, default=_config_default)
+    rng = capture_rng_state(generators)
 
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -482,27 +371,20 @@ def save_checkpoint(run_dir: str | Path, *, iteration: int, model: torch.nn.Modu
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        # Encode the caller's data first: a bad value fails before anything heavy is written.
-        state_json = {"iteration": iteration,
-                      "state": _encode(dict(state or {}), "", "state", None)}
-        config_text = None
-        if config is not None:
-            config_text = json.dumps(dict(config), indent=2, default=_config_default)
         _save_model(tmp, model)
         if optimizer is not None:
-            _save_structured(tmp, "optimizer", optimizer.state_dict(), "optimizer",
-                             always_tensor_file=True)
+            save_torch(tmp / OPTIMIZER_FILE, optimizer.state_dict(), "optimizer")
         if scheduler is not None:
-            _save_structured(tmp, "scheduler", scheduler.state_dict(), "scheduler",
-                             always_tensor_file=False)
-        _save_rng(tmp, generators)
-        _write_json(tmp / "state.json", state_json, indent=1)
+            save_torch(tmp / SCHEDULER_FILE, scheduler.state_dict(), "scheduler")
+        save_torch(tmp / RNG_FILE, rng, "generators")
+        save_torch(tmp / STATE_FILE, saved_state, "state")
         if config_text is not None:
-            (tmp / "config.json").write_text(config_text + "\n", encoding="utf-8")
-        for path in tmp.iterdir():
-            _fsync_file(path)
-        (tmp / COMPLETE_FILE).write_text(f"{iteration}\n", encoding="utf-8")
-        _fsync_file(tmp / COMPLETE_FILE)
+            (tmp / CONFIG_FILE).write_text(config_text + "\n", encoding="utf-8")
+        write_manifest(tmp, {"format_version": FORMAT_VERSION, "iteration": iteration})
+        with open(tmp / COMPLETE_FILE, "w", encoding="utf-8") as f:
+            f.write(f"{iteration}\n")
+            f.flush()
+            os.fsync(f.fileno())
         _fsync_dir(tmp)
         _move_into_place(tmp, root / name)
     except BaseException:
@@ -511,6 +393,9 @@ def save_checkpoint(run_dir: str | Path, *, iteration: int, model: torch.nn.Modu
     _write_pointer(root, name)
     _prune(root, keep_last, iteration)
     return root / name
+
+
+# --------------------------------------------------------------------------- load
 
 
 def _resolve(path: str | Path) -> Path:
@@ -523,9 +408,38 @@ def _resolve(path: str | Path) -> Path:
             raise FileNotFoundError(f"path: no complete checkpoint under {path / CHECKPOINTS_DIR}")
         return found
     if path.is_dir():
-        raise ValueError(f"path: {path} is neither a complete checkpoint (missing "
-                         f"{COMPLETE_FILE} or state.json) nor a run directory")
+        if (path / COMPLETE_FILE).is_file() and (path / "state.json").is_file():
+            raise CheckpointError(f"path: {path} was written by an older grouprl (format_version "
+                                  f"1, without {MANIFEST_FILE}); this version cannot load it",
+                                  path)
+        raise CheckpointError(f"path: {path} is neither a complete checkpoint (missing "
+                              f"{COMPLETE_FILE} or {MANIFEST_FILE}) nor a run directory", path)
     raise FileNotFoundError(f"path: {path} does not exist")
+
+
+def _model_files(files: Mapping[str, Any]) -> list[str]:
+    return [MODEL_FILE] + ([ADAPTER_CONFIG_FILE] if ADAPTER_CONFIG_FILE in files else [])
+
+
+def verify_checkpoint(path: str | Path) -> Path:
+    """Check every file of a checkpoint against its manifest (sha256 and size).
+
+    ``path`` is a checkpoint directory, or a run directory (its latest checkpoint). Returns the
+    checkpoint directory; raises :class:`CheckpointError` naming the first bad file.
+    """
+    directory = _resolve(path)
+    files = read_manifest(directory, FORMAT_VERSION)
+    verify_files(directory, files, sorted(files))
+    return directory
+
+
+def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """The ``state`` mapping saved with a checkpoint (checksum verified), without touching any
+    model, optimizer or RNG. ``path`` is a checkpoint directory or a run directory."""
+    require_safe_torch()
+    directory = _resolve(path)
+    verify_files(directory, read_manifest(directory, FORMAT_VERSION), [STATE_FILE])
+    return load_torch(directory / STATE_FILE)["state"]
 
 
 def load_checkpoint(path: str | Path, *, model: torch.nn.Module,
@@ -533,59 +447,58 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                     generators: Mapping[str, Generatorish] | None = None,
                     restore_rng: bool = True) -> dict[str, Any]:
-    """Restore a checkpoint into existing objects (safetensors + JSON only).
+    """Restore a checkpoint into existing objects.
 
     ``path`` is a checkpoint directory, or a run directory (its latest checkpoint is used).
     ``restore_rng`` restores the global RNGs (torch CPU/CUDA, ``random``, numpy); generators
     passed in ``generators`` are always restored and must exist in the checkpoint.
     An ``optimizer`` / ``scheduler`` passed in must have been saved.
 
+    Every file read is first checked against ``manifest.json`` and ``.pt`` files are read with
+    ``torch.load(weights_only=True)``, which never unpickles arbitrary objects (see the module
+    docstring). A missing, truncated, modified or unsafe file raises :class:`CheckpointError`
+    naming it, before ``model``, ``optimizer``, ``scheduler`` or any RNG is modified.
+
     Returns ``{"iteration": int, "state": dict, "config": dict | None, "path": Path}``.
     """
+    require_safe_torch()
     directory = _resolve(path)
-    for name, obj in (("optimizer", optimizer), ("scheduler", scheduler)):
-        if obj is not None and not (directory / f"{name}.json").is_file():
-            raise FileNotFoundError(f"{name}: checkpoint {directory} has no {name}.json "
-                                    f"(it was saved without a {name})")
+    files = read_manifest(directory, FORMAT_VERSION)
+    generators = dict(generators or {})
+    for what, obj, name in (("optimizer", optimizer, OPTIMIZER_FILE),
+                            ("scheduler", scheduler, SCHEDULER_FILE)):
+        if obj is not None and name not in files:
+            raise FileNotFoundError(f"{what}: checkpoint {directory} has no {name} "
+                                    "(it was saved without one)")
+    need_rng = restore_rng or bool(generators)
+    names = [*_model_files(files), STATE_FILE]
+    names += [OPTIMIZER_FILE] if optimizer is not None else []
+    names += [SCHEDULER_FILE] if scheduler is not None else []
+    names += [RNG_FILE] if need_rng else []
+    names += [CONFIG_FILE] if CONFIG_FILE in files else []
+    verify_files(directory, files, names)
+
+    # Deserialise everything before modifying anything the caller passed in.
+    saved = load_torch(directory / STATE_FILE)
+    optimizer_state = load_torch(directory / OPTIMIZER_FILE) if optimizer is not None else None
+    scheduler_state = load_torch(directory / SCHEDULER_FILE) if scheduler is not None else None
+    rng = load_torch(directory / RNG_FILE) if need_rng else None
+    if rng is not None:
+        check_generators(directory, rng, generators)
+    config = None
+    if CONFIG_FILE in files:
+        try:
+            config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"checkpoint file {directory / CONFIG_FILE}: unreadable: {err}",
+                                  directory / CONFIG_FILE) from err
+
     _load_model(directory, model)
-    if optimizer is not None:
-        optimizer.load_state_dict(_load_structured(directory, "optimizer"))
-    if scheduler is not None:
-        scheduler.load_state_dict(_load_structured(directory, "scheduler"))
-    _load_rng(directory, generators, restore_rng)
-    saved = _decode(_read_json(directory / "state.json"), {})
-    config_path = directory / "config.json"
-    config = _read_json(config_path) if config_path.is_file() else None
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    if scheduler_state is not None:
+        scheduler.load_state_dict(scheduler_state)
+    if rng is not None:
+        restore_rng_state(rng, generators, restore_rng)
     return {"iteration": int(saved["iteration"]), "state": saved["state"], "config": config,
             "path": directory}
-
-
-def export_model(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *,
-                 merge_adapter: bool = False) -> Path:
-    """Write a Hugging Face directory (safetensors weights, config, tokenizer) to ``out_dir``.
-
-    A transformers model is saved in full with ``save_pretrained`` (tied weights handled by
-    transformers). A peft ``PeftModel`` is saved as its adapter only (``adapter_config.json`` +
-    ``adapter_model.safetensors``; load it on top of ``base_model_name_or_path``), unless
-    ``merge_adapter=True``: then a deep copy is merged (``merge_and_unload``) and saved as a
-    standalone full model, leaving ``model`` untouched. ``tokenizer`` may be None.
-    """
-    if not hasattr(model, "save_pretrained"):
-        raise TypeError("model: export_model needs a transformers PreTrainedModel or a peft "
-                        f"PeftModel (with save_pretrained), got {type(model).__name__}")
-    if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):
-        raise TypeError(f"tokenizer: expected a Hugging Face tokenizer (with save_pretrained) or "
-                        f"None, got {type(tokenizer).__name__}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    peft_model = _as_peft(model)
-    if merge_adapter and peft_model is None:
-        raise ValueError("merge_adapter: only meaningful for a peft PeftModel; model is "
-                         f"{type(model).__name__}")
-    if merge_adapter:
-        copy.deepcopy(peft_model).merge_and_unload().save_pretrained(str(out))
-    else:
-        model.save_pretrained(str(out))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
-    return out

@@ -14,11 +14,15 @@ from typing import Any
 import torch
 
 from grouprl.agent.prompts import PromptTemplate
-from grouprl.agent.rollout import Rollout, collect_rollouts
+from grouprl.agent.rollout import collect_rollouts
+from grouprl.batch import Rollout
 from grouprl.envs import EnvPool
 from grouprl.policy import Generation, generate
+from grouprl.train.config import TrainConfig
+from grouprl.train.sampling import raw_action, single_turn
 
-__all__ = ["make_generate_fn", "evaluate_policy", "eval_seeds", "response_length_metrics"]
+__all__ = ["make_generate_fn", "evaluate_policy", "evaluate_run", "eval_seeds",
+           "response_length_metrics"]
 
 
 def make_generate_fn(model: torch.nn.Module, tokenizer: Any, *, max_new_tokens: int,
@@ -98,3 +102,23 @@ def response_length_metrics(rollout: Rollout, prefix: str = "") -> dict[str, flo
     if rollout.truncated is not None:
         out["truncated_rate"] = float(rollout.truncated.float().mean())
     return {prefix + k: v for k, v in out.items()}
+
+
+def evaluate_run(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any,
+                 template: PromptTemplate) -> dict[str, float]:
+    """Held-out metrics of a run's policy with the run's settings (``eval.*`` over ``env.*``,
+    ``rollout.*``): what the RL recipe logs and ``grouprl eval`` prints. Single-turn runs also
+    report ``eval/accuracy`` (= the success rate)."""
+    ev, ro = cfg.eval, cfg.rollout
+    metrics, _ = evaluate_policy(
+        model, tokenizer, env_name=cfg.env.name, env_kwargs={**cfg.env.kwargs, **ev.env_kwargs},
+        template=template, episodes=ev.episodes, seed_offset=ev.seed_offset,
+        max_steps=cfg.env.max_steps, history_length=cfg.agent.history_length,
+        temperature=ev.temperature, max_new_tokens=ro.max_new_tokens, stop=tuple(ro.stop),
+        seed=cfg.seed, action_tag=cfg.agent.action_tag, allow_plain=cfg.agent.allow_plain,
+        raw_action=raw_action(cfg), use_chat_template=cfg.agent.use_chat_template,
+        backend=cfg.env.backend, step_timeout=cfg.env.step_timeout,
+        num_workers=cfg.env.num_workers, batch_size=ro.generation_batch_size)
+    if single_turn(cfg):
+        metrics["eval/accuracy"] = metrics["eval/success_rate"]
+    return metrics

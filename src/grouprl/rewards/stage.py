@@ -1,9 +1,10 @@
-"""Single-turn (reasoning) rewards inside the trainer: verifier → DOT truncation → shaping.
+"""The reward stage: a single-turn rollout's outcome → training rewards, computed once.
 
 A reasoning task is a one-step environment (:class:`grouprl.envs.reasoning.ReasoningEnv`): the
-prompt is the question, the whole response is the action, and the env's verifier returns the 0/1
-correctness reward. Between the rollout and the advantage estimator this module turns those raw
-rewards into the training rewards of the configured method (spec-rewards §0.4 hook map)::
+prompt is the question, the whole response is the action, and the env reports its *outcome* —
+the verifier's verdict (``won``: correct or not, verified inside the fault-isolating env pool).
+This stage is the one place where that outcome becomes the training reward of the configured
+method (spec-rewards §0.4 hook map); nothing downstream recomputes it::
 
     correct_i, L_i, trunc_i     from the rollout (env verdict, response tokens, hit max_new_tokens)
     DOT (rollout.dot_truncation): all-correct groups: cut outliers at T_q, re-verify the prefix
@@ -22,12 +23,12 @@ from typing import Any
 
 import torch
 
-from grouprl.agent.rollout import Rollout
+from grouprl.batch import Rollout
 from grouprl.rewards.format import format_check, format_reward
 from grouprl.rewards.length import dot_truncation_lengths
 from grouprl.rewards.shaping import RewardShaper, ShapingContext, make_shaper
 
-__all__ = ["ReasoningRewards", "MONITOR_OPTIONS", "DOT_OPTIONS", "split_reward_options",
+__all__ = ["RewardStage", "MONITOR_OPTIONS", "DOT_OPTIONS", "split_reward_options",
            "dot_options"]
 
 MONITOR_OPTIONS = {"monitor_every": 20, "monitor_prompts": 64}
@@ -74,7 +75,7 @@ def _extra(rollout: Rollout, key: str) -> list[Any]:
     return [e.get(key) if isinstance(e, dict) else None for e in extras]
 
 
-class ReasoningRewards:
+class RewardStage:
     """Shapes the rewards of single-turn rollouts (see the module docstring).
 
     Args:
@@ -106,10 +107,14 @@ class ReasoningRewards:
 
     @property
     def needs_monitor(self) -> bool:
+        """The shaper's targets come from a monitor rollout (LASER-D/DE, spec §A4)."""
         return callable(getattr(self.shaper, "update_targets", None))
 
-    def monitor_due(self, iteration: int) -> bool:
-        return self.needs_monitor and iteration % self.monitor["monitor_every"] == 0
+    def monitor_due(self, iteration: int) -> int:
+        """Prompts of the monitor rollout due before iteration ``iteration`` (0 = none)."""
+        if self.needs_monitor and iteration % self.monitor["monitor_every"] == 0:
+            return int(self.monitor["monitor_prompts"])
+        return 0
 
     def context(self, rollout: Rollout, iteration: int = 0,
                 correct: torch.Tensor | None = None) -> ShapingContext:

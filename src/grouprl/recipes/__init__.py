@@ -1,0 +1,28 @@
+"""Recipes: each composes the components of :mod:`grouprl.train` into one training loop that
+fits a screen and names no algorithm (torchtune's split; DESIGN.md).
+
+- :func:`grouprl.recipes.rl.train_rl` — agent and reasoning RL (``mode: rl``);
+- :func:`grouprl.recipes.preference.train_preference` — offline pairs (``mode: preference``).
+
+:func:`train` runs the recipe of ``cfg.mode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from grouprl.recipes.preference import train_preference
+from grouprl.recipes.rl import train_rl
+from grouprl.train.config import TrainConfig
+from grouprl.train.setup import TrainResult
+
+__all__ = ["RECIPES", "train", "train_rl", "train_preference", "TrainResult"]
+
+RECIPES: dict[str, Callable[..., TrainResult]] = {"rl": train_rl,
+                                                  "preference": train_preference}
+
+
+def train(cfg: TrainConfig, *, resume: bool = False,
+          echo: Callable[[str], None] | None = None) -> TrainResult:
+    """Run the recipe of ``cfg.mode`` (``rl`` or ``preference``); returns its summary."""
+    return RECIPES[cfg.mode](cfg, resume=resume, echo=echo)

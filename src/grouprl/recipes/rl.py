@@ -1,0 +1,178 @@
+"""The RL recipe (agent and reasoning RL): warm start, then rollout → rewards → advantages →
+update → log → evaluate → save, each step one component (:mod:`grouprl.train`)::
+
+    policy  = tiny model (tokenizer trained on the env's text) or a local HF model (+ LoRA)
+    policy  = behaviour_cloning(policy, expert episodes)             # bc.enabled
+    ref     = the warm start (a frozen copy, or the LoRA base)       # algorithm.kl_coef > 0
+    for it in iterations:
+        rollout, m  = sampler.rollout(it)     # G tasks × n episodes; reward stage; dyn. sampling
+        Â           = advantages(rollout)     # the estimator, with the inputs it declares
+        m          |= update_policy(policy, rollout, objective, KL, H)
+        evaluate every eval.every; checkpoint every save_every (atomic)
+
+The recipe names no algorithm: estimators and losses declare what they need
+(:class:`grouprl.train.estimate.AdvantageStage`, :mod:`grouprl.losses.objective`).
+
+Determinism: task seeds of iteration ``it`` are a pure function of ``(seed, it)``; sampling uses
+one ``torch.Generator`` saved in every checkpoint, evaluation its own fixed generator. On CPU a
+run interrupted after a checkpoint and resumed logs exactly the metrics of an uninterrupted run
+(timing metrics aside).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from grouprl.losses.objective import make_objective
+from grouprl.train.checkpoint import load_checkpoint, save_checkpoint
+from grouprl.train.checks import check_rl_config
+from grouprl.train.config import TrainConfig, config_to_dict
+from grouprl.train.estimate import AdvantageStage, run_settings
+from grouprl.train.evaluate import evaluate_run, make_generate_fn
+from grouprl.train.learner import batched_logprobs, update_policy
+from grouprl.train.metrics import MetricsLogger, ProgressBar, read_metrics
+from grouprl.train.sampling import Sampler
+from grouprl.train.setup import (
+    StopRequest,
+    TrainResult,
+    attach_lora_and_reference,
+    default_echo,
+    load_or_build_policy,
+    make_optimizer,
+    prepare_run_dir,
+    resolve_device,
+    seed_everything,
+    stop_on_signal,
+)
+from grouprl.train.warm_start import behaviour_cloning, env_corpus
+
+__all__ = ["train_rl"]
+
+COUNTERS = ("skipped_updates", "failed_trajectories", "truncated_generations")
+
+
+def train_rl(cfg: TrainConfig, *, resume: bool = False,
+             echo: Callable[[str], None] | None = None) -> TrainResult:
+    """Run the recipe of the module docstring; returns a summary."""
+    echo = echo or default_echo
+    template = check_rl_config(cfg)
+    ckpt = prepare_run_dir(cfg, resume)
+    run_dir, a, ro, ev = Path(cfg.run_dir), cfg.algorithm, cfg.rollout, cfg.eval
+    seed_everything(cfg.seed)
+    model, tok = load_or_build_policy(cfg, run_dir, lambda: env_corpus(cfg, template), echo)
+    device = resolve_device(cfg.model.device)
+    model.to(device)
+    logger = MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
+                           wandb_project=cfg.logging.wandb_project, config=config_to_dict(cfg))
+    behaviour_cloning(cfg, model, tok, template, run_dir, logger, echo)
+    model, ref_model, ref_context = attach_lora_and_reference(cfg, model, a.kl_coef > 0)
+    optimizer, scheduler = make_optimizer(cfg, model, cfg.iterations)
+    generators = {"sampling": torch.Generator(device=device).manual_seed(cfg.seed),
+                  "shuffling": torch.Generator().manual_seed(cfg.seed + 1)}
+    generate_fn = make_generate_fn(model, tok, max_new_tokens=ro.max_new_tokens,
+                                   temperature=ro.temperature, top_p=ro.top_p,
+                                   stop=tuple(ro.stop), generator=generators["sampling"],
+                                   batch_size=ro.generation_batch_size)
+    sampler = Sampler(cfg, generate_fn, template, tok)
+    advantages = AdvantageStage(cfg)
+    objective = make_objective(a.loss, a.loss_options, a.loss_agg, run_settings(cfg))
+    counters = dict.fromkeys((*COUNTERS, "env_steps"), 0)
+    start, success_before = 0, None
+    if ckpt is not None:
+        info = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
+                               generators=generators)
+        start, state = int(info["iteration"]), info["state"]
+        counters.update(state.get("counters", {}))
+        sampler.load_state_dict(state.get("reward_stage", {}))
+        success_before = state.get("success_before")
+        echo(f"resumed from {ckpt} at iteration {start}")
+    if resume:
+        logger.truncate_after(start)
+    if start == 0 and success_before is None:
+        m = evaluate_run(cfg, model, tok, template)
+        success_before = m["eval/success_rate"]
+        logger.log(0, m)
+        echo(f"held-out success before RL: {success_before:.1%} "
+             f"({ev.episodes} tasks, return {m['eval/episode_return']:.2f})")
+
+    def save(iteration: int) -> None:
+        save_checkpoint(run_dir, iteration=iteration, model=model, optimizer=optimizer,
+                        scheduler=scheduler, config=config_to_dict(cfg), generators=generators,
+                        state={"counters": counters, "success_before": success_before,
+                               "reward_stage": sampler.state_dict()},
+                        keep_last=cfg.keep_last)
+
+    def iteration(it: int) -> dict[str, float]:
+        """One RL iteration: rollout → rewards → advantages → update."""
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            m = sampler.refresh_reward_targets(it)
+            rollout, sampled = sampler.rollout(it)             # rewards: the sampler's stage
+        m.update(sampled)
+        t1 = time.perf_counter()
+        rollout.advantages = advantages(rollout, model)
+        t2 = time.perf_counter()
+        if a.ppo_epochs > 1 or a.num_mini_batches > 1:
+            rollout.old_logp = batched_logprobs(model, rollout, temperature=ro.temperature,
+                                                micro_batch_size=a.micro_batch_size)
+        if ref_model is not None:
+            rollout.ref_logp = batched_logprobs(ref_model, rollout, temperature=ro.temperature,
+                                                micro_batch_size=a.micro_batch_size,
+                                                context=ref_context)
+        upd = update_policy(model, optimizer, rollout, objective=objective,
+                            loss_agg=a.loss_agg, kl_coef=a.kl_coef, kl_kind=a.kl_kind,
+                            entropy_coef=a.entropy_coef, ppo_epochs=a.ppo_epochs,
+                            num_mini_batches=a.num_mini_batches,
+                            micro_batch_size=a.micro_batch_size, grad_clip=cfg.optim.grad_clip,
+                            temperature=ro.temperature, generator=generators["shuffling"])
+        t3 = time.perf_counter()
+        out = {f"train/{k}": float(v) for k, v in rollout.metrics.items()}
+        out.update(m)
+        out.update(upd)
+        out.update(advantages.metrics(rollout, rollout.advantages))
+        out.update({"timing/rollout_s": t1 - t0, "timing/advantage_s": t2 - t1,
+                    "timing/update_s": t3 - t2, "timing/iteration_s": t3 - t0})
+        return out
+
+    bar = ProgressBar(cfg.iterations, desc="RL", initial=start, enabled=cfg.logging.progress)
+    last_success, stop = success_before, StopRequest()
+    try:
+        with stop_on_signal(stop):
+            for it in range(start, cfg.iterations):
+                metrics = iteration(it)
+                scheduler.step()
+                for k in COUNTERS:
+                    counters[k] += int(metrics.get(f"train/{k}", 0))
+                counters["env_steps"] += int(metrics.get("train/rows", 0))
+                metrics["train/env_steps_total"] = float(counters["env_steps"])
+                metrics["train/skipped_updates_total"] = float(counters["skipped_updates"])
+                metrics["env/failures_total"] = float(sampler.env_failures)
+                done = it + 1
+                if (ev.every and done % ev.every == 0) or done == cfg.iterations:
+                    metrics.update(evaluate_run(cfg, model, tok, template))
+                    last_success = metrics["eval/success_rate"]
+                logger.log(done, metrics)
+                bar.update(done, success=metrics["train/success_rate"],
+                           eval=last_success if last_success is not None else float("nan"))
+                if stop.requested or (cfg.save_every and done % cfg.save_every == 0) \
+                        or done == cfg.iterations:
+                    save(done)
+                if stop.requested:
+                    echo(f"stopped after iteration {done}; checkpoint saved — continue "
+                         f"with: grouprl train --resume {run_dir}")
+                    raise KeyboardInterrupt
+    finally:
+        bar.close()
+        sampler.close()
+        logger.close()
+    rows = read_metrics(run_dir)
+    evals = [r for r in rows if r.get("eval/success_rate") is not None]
+    after = evals[-1]["eval/success_rate"] if evals else None
+    if after is not None and success_before is not None:
+        echo(f"held-out success: before RL {success_before:.1%} → after RL {after:.1%} "
+             f"({cfg.iterations} iterations of {a.estimator})")
+    return TrainResult(run_dir, cfg.iterations, success_before, after, rows)

@@ -1,0 +1,113 @@
+"""Warm starts of the recipes, saved once in the run directory so resume and studies reuse them.
+
+- RL: the tiny model's tokenizer corpus (the env's expert episodes, its special tokens and
+  grid symbols), then behaviour cloning on expert episodes (``bc.*``) → ``run_dir/warm_start``.
+- Preference: the tiny model's corpus (the pairs' text), then SFT on the chosen responses
+  (``preference.sft_epochs``) → ``run_dir/warm_start``, which is also the reference model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grouprl.agent.prompts import PromptTemplate, apply_chat_template
+from grouprl.envs import make_env
+from grouprl.policy import save_policy
+from grouprl.train.bc import ExpertSample, clone_behaviour, expert_samples
+from grouprl.train.config import TrainConfig
+from grouprl.train.metrics import MetricsLogger
+from grouprl.train.sampling import task_seeds
+from grouprl.train.setup import WARM_START_DIR, TinyCorpus
+
+__all__ = ["env_corpus", "behaviour_cloning", "pairs_corpus", "sft_on_chosen",
+           "TINY_SPECIAL_TOKENS", "TINY_ISOLATE_CHARS"]
+
+TINY_SPECIAL_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
+TINY_ISOLATE_CHARS = "0123456789"
+
+
+def env_corpus(cfg: TrainConfig, template: PromptTemplate) -> TinyCorpus:
+    """Prompts and replies of ``model.tiny.tokenizer_episodes`` expert episodes, the action tags
+    and the env's special tokens; isolated chars = the env's grid symbols."""
+    samples = expert_samples(cfg.env.name, cfg.env.kwargs,
+                             task_seeds(cfg.seed, -1, cfg.model.tiny.tokenizer_episodes,
+                                        cfg.eval.seed_offset),
+                             template=template, history_length=cfg.agent.history_length,
+                             max_steps=cfg.env.max_steps, action_tag=cfg.agent.action_tag,
+                             tokenizer=None, use_chat_template=False)
+    tag = cfg.agent.action_tag
+    specials: tuple[str, ...] = (f"<{tag}>", f"</{tag}>") if tag else ()
+    probe = make_env(cfg.env.name, **cfg.env.kwargs)
+    try:
+        specials += tuple(x for x in getattr(probe, "special_tokens", ()) if x not in specials)
+        isolate = getattr(probe, "isolate_chars", None) or getattr(probe, "grid_symbols", "") \
+            or ""
+    finally:
+        probe.close()
+    return TinyCorpus([s.prompt for s in samples] + [s.response for s in samples], specials,
+                      isolate, cfg.env.name)
+
+
+def behaviour_cloning(cfg: TrainConfig, model: torch.nn.Module, tok: Any,
+                      template: PromptTemplate, run_dir: Path, logger: MetricsLogger,
+                      echo: Callable[[str], None]) -> None:
+    """Clone the env's expert (``bc.*``) unless the run already has its warm start; save it."""
+    warm = run_dir / WARM_START_DIR
+    if not cfg.bc.enabled or (warm / "config.json").is_file():
+        return
+    b = cfg.bc
+    t0 = time.perf_counter()
+    samples = expert_samples(cfg.env.name, cfg.env.kwargs,
+                             task_seeds(cfg.seed, -2, b.episodes, cfg.eval.seed_offset),
+                             template=template, history_length=cfg.agent.history_length,
+                             max_steps=cfg.env.max_steps, action_tag=cfg.agent.action_tag,
+                             tokenizer=tok, use_chat_template=cfg.agent.use_chat_template)
+    echo(f"behaviour cloning on {len(samples)} expert steps from {b.episodes} episodes")
+    losses = clone_behaviour(model, tok, samples, epochs=b.epochs, batch_size=b.batch_size,
+                             lr=b.lr, max_updates=b.max_updates, seed=cfg.seed)
+    save_policy(model, tok, warm)
+    echo(f"behaviour cloning: {len(losses)} updates, loss {losses[0]:.3f} → "
+         f"{losses[-1]:.3f} ({time.perf_counter() - t0:.0f}s)")
+    logger.log(0, {"bc/loss_first": losses[0], "bc/loss_last": losses[-1],
+                   "bc/updates": float(len(losses)), "bc/samples": float(len(samples)),
+                   "timing/bc_s": time.perf_counter() - t0})
+
+
+def pairs_corpus(cfg: TrainConfig, pairs: Sequence[Any]) -> TinyCorpus:
+    """Prompts, chosen and rejected responses of the training pairs."""
+    return TinyCorpus([x for p in pairs for x in (p.prompt, p.chosen, p.rejected)],
+                      TINY_SPECIAL_TOKENS, TINY_ISOLATE_CHARS, cfg.preference.dataset)
+
+
+def sft_on_chosen(cfg: TrainConfig, model: torch.nn.Module, tok: Any, pairs: Sequence[Any],
+                  run_dir: Path, logger: MetricsLogger, echo: Callable[[str], None]) -> None:
+    """Tiny model only: SFT on the chosen responses (``preference.sft_epochs``), saved as the
+    run's warm start (= the reference model) unless it exists."""
+    warm = run_dir / WARM_START_DIR
+    epochs = cfg.preference.sft_epochs
+    if cfg.model.path is not None:
+        if epochs > 0:
+            echo(f"model.path is set: no SFT warm start (preference.sft_epochs={epochs} applies "
+                 "to the tiny model only); the reference is the model as loaded")
+        return
+    if epochs == 0 or (warm / "config.json").is_file():
+        return
+    b = cfg.bc
+    templated = cfg.agent.use_chat_template and getattr(tok, "chat_template", None)
+    eos = tok.eos_token or ""
+    samples = [ExpertSample(apply_chat_template(tok, p.prompt) if templated else p.prompt,
+                            p.chosen + eos) for p in pairs]
+    t0 = time.perf_counter()
+    losses = clone_behaviour(model, tok, samples, epochs=epochs, batch_size=b.batch_size,
+                             lr=b.lr, max_updates=b.max_updates, seed=cfg.seed)
+    save_policy(model, tok, warm)
+    echo(f"SFT on {len(samples)} chosen responses: {len(losses)} updates, loss "
+         f"{losses[0]:.3f} → {losses[-1]:.3f} ({time.perf_counter() - t0:.0f}s); this warm "
+         "start is the reference model")
+    logger.log(0, {"sft/loss_first": losses[0], "sft/loss_last": losses[-1],
+                   "sft/updates": float(len(losses)), "timing/sft_s": time.perf_counter() - t0})

@@ -1,0 +1,525 @@
+"""Persistent worker processes with state built once, a per-call deadline and restarts.
+
+:class:`WorkerPool` starts ``num_workers`` processes (start method ``"spawn"`` by default).
+Each runs ``state = init()`` once, then answers calls ``handle(state, payload)``; ``init``,
+``handle`` and ``finalize`` travel by pickle, so they must be module-level functions or
+``functools.partial`` objects of them.  Two users: the env pool's ``"process"`` backend (the
+state is an env, calls are pinned to their worker with :meth:`WorkerPool.call`) and the answer
+verifier (the state is a warmed-up verifier, calls go to any free worker with
+:meth:`WorkerPool.map`).
+
+Faults never raise into the caller's loop; each call gets a :class:`CallResult`:
+
+* ``handle`` raises: ``ok=False``, ``error="Type: message"``; the worker and its state stay.
+* the call runs past ``timeout`` seconds: the worker is stopped (SIGTERM, then SIGKILL after
+  ``kill_grace`` seconds) and replaced at once by a fresh one that rebuilds its state;
+  ``timed_out=True``, ``restarted=True``.
+* the worker dies (``os._exit``, a segfault, the OOM killer): ``error="worker process died
+  (exit code N)"``, replaced at once, ``restarted=True``.
+* a (re)started worker cannot build its state, or is not ready within ``start_timeout``: the
+  call waiting for it fails with ``"worker failed to start: ..."`` and the slot stays empty
+  until work for it arrives (or :meth:`WorkerPool.restart`).
+
+``stats`` counts ``calls`` (answered), ``failures`` (answered with ``ok=False``), ``timeouts``
+and ``crashes`` (subsets of failures) and ``restarts`` (replacement workers started).
+``max_restarts`` (default ``None``: unlimited) caps the restarts over the pool's lifetime; once
+spent, a failed worker is not replaced and calls that need it fail with an error naming the
+budget (an explicit :meth:`WorkerPool.restart` raises ``RuntimeError``).  :meth:`close` asks
+each worker to stop (running ``finalize(state)`` there), waits up to 2 s, then kills and reaps
+every process; the same happens when the pool is garbage-collected or the interpreter exits,
+and when a call is interrupted (``KeyboardInterrupt``), so no stale call or zombie is left.
+
+Why not ``concurrent.futures.ProcessPoolExecutor``
+--------------------------------------------------
+The executor (Python 3.11, spawn context) was tried first; shown with a two-worker executor:
+
+1. a worker that dies fails *every* running call with ``BrokenProcessPool`` (a healthy
+   ``sleep(1)`` call on the other worker included), and the executor accepts no more work;
+2. a running call cannot be stopped: ``Future.cancel()`` returns ``False`` and there is no
+   public way to kill one worker before Python 3.14 (``kill_workers``), so a hung call keeps
+   its worker, and ``shutdown()`` (also the one run at interpreter exit) waits for it;
+3. an ``initializer`` that raises is logged in the child, and the caller only sees
+   ``BrokenProcessPool('A process in the process pool was terminated abruptly ...')``;
+4. a call goes to any free worker, while an env's state lives in one process (reset, then
+   steps on the same object).
+
+So the pool keeps a small hand-written dispatch loop over standard-library pieces: spawned
+``multiprocessing.Process`` objects, one ``Pipe`` each, and
+``multiprocessing.connection.wait`` on the pipes and process sentinels with the nearest
+deadline as its timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import sys
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait as wait_handles
+from typing import Any
+
+from grouprl.validation import check_choice, check_int, check_number
+
+__all__ = ["CallResult", "WorkerPool", "WorkerStartError"]
+
+_CLOSE_WAIT_S = 2.0  # close(): how long idle workers get to stop by themselves
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """Outcome of one call.
+
+    Attributes:
+        ok: ``handle`` returned; ``value`` holds its result.
+        value: the result when ``ok``, else ``None``.
+        error: why the call failed (``None`` when ``ok``).
+        timed_out: the call (or the start of the worker it waited for) passed its deadline.
+        restarted: the worker was replaced by a fresh one after this call (hang or crash).
+    """
+
+    ok: bool
+    value: Any = None
+    error: str | None = None
+    timed_out: bool = False
+    restarted: bool = False
+
+
+class WorkerStartError(RuntimeError):
+    """Raised by :meth:`WorkerPool.start` when worker ``index`` cannot build its state."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"worker {index} failed to start: {reason}")
+        self.index, self.reason = index, reason
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+# -- the worker process ------------------------------------------------------------------------
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    sys.exit(0)  # unwinds to _serve's finally: finalize(state) runs
+
+
+def _serve(conn: Any, init: Callable[[], Any], handle: Callable[[Any, Any], Any],
+           finalize: Callable[[Any], None] | None) -> None:
+    """Worker main: build the state, then answer ``("call", payload)`` until ``("stop", _)``
+    or a closed pipe.  Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    built, state = False, None
+    try:
+        try:
+            state, built = init(), True
+        except Exception as exc:
+            conn.send(("error", f"construction failed: {_describe(exc)}"))
+            return
+        conn.send(("ready", os.getpid()))
+        while True:
+            try:
+                kind, payload = conn.recv()
+            except (EOFError, OSError):
+                return
+            if kind != "call":
+                return
+            try:
+                reply: tuple[str, Any] = ("ok", handle(state, payload))
+            except Exception as exc:
+                reply = ("error", _describe(exc))
+            try:
+                conn.send(reply)
+            except Exception as exc:  # the result does not pickle
+                conn.send(("error", f"cannot send the result: {_describe(exc)}"))
+    finally:
+        if built and finalize is not None:
+            with contextlib.suppress(Exception):
+                finalize(state)
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+# -- the parent's side -------------------------------------------------------------------------
+
+
+class _Worker:
+    """One worker process, the parent's end of its pipe, and what it is doing."""
+
+    def __init__(self, ctx: Any, target: tuple[Any, ...], name: str,
+                 start_timeout: float | None) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_serve, args=(child, *target), name=name, daemon=True)
+        try:
+            self.process.start()
+        except BaseException:
+            self.conn.close()
+            raise
+        finally:
+            child.close()
+        self.state = "starting"  # "starting" -> "idle" <-> "busy" -> "stopped"
+        self.job: int | None = None
+        self.deadline = math.inf if start_timeout is None else time.monotonic() + start_timeout
+
+    def exit_note(self) -> str:
+        self.process.join(0.2)
+        code = self.process.exitcode
+        return "worker process died" + ("" if code is None else f" (exit code {code})")
+
+    def event(self, now: float) -> tuple[str, Any] | None:
+        """``("msg", message)``, ``("died", note)``, ``("late", None)`` or ``None``."""
+        try:
+            if self.conn.poll():
+                return "msg", self.conn.recv()
+        except (EOFError, OSError):
+            return "died", self.exit_note()
+        if not self.process.is_alive():
+            return "died", self.exit_note()
+        return ("late", None) if now >= self.deadline else None
+
+    def stop(self, grace: float) -> None:
+        """An idle worker is asked to stop and given ``grace`` seconds; then SIGTERM,
+        ``grace`` seconds, SIGKILL; the process is reaped."""
+        p = self.process
+        if self.state == "idle" and grace > 0 and p.is_alive():
+            with contextlib.suppress(Exception):
+                self.conn.send(("stop", None))  # it runs finalize(state) and exits
+            p.join(grace)
+        self.state = "stopped"
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        if grace > 0 and p.is_alive():
+            p.terminate()
+            p.join(grace)
+        if p.is_alive():
+            p.kill()
+        p.join(5.0)
+        with contextlib.suppress(ValueError):
+            p.close()
+
+
+def _shutdown(workers: list[_Worker | None], grace: float) -> None:
+    """Stop every worker: idle ones are asked to finish, busy ones stopped at once."""
+    live = [w for w in workers if w is not None]
+    workers[:] = [None] * len(workers)
+    for w in [w for w in live if w.state == "busy"]:
+        live.remove(w)
+        w.stop(grace)
+    for w in live:
+        with contextlib.suppress(Exception):
+            w.conn.send(("stop", None))
+        w.state = "stopping"
+    deadline = time.monotonic() + _CLOSE_WAIT_S
+    for w in live:
+        with contextlib.suppress(Exception):
+            w.process.join(max(0.0, deadline - time.monotonic()))
+        w.stop(grace)
+
+
+class _Round:
+    """The jobs of one :meth:`WorkerPool.call` / :meth:`WorkerPool.map`: queues and results."""
+
+    def __init__(self, jobs: Sequence[tuple[int | None, Any]], n: int) -> None:
+        self.payloads = [payload for _, payload in jobs]
+        self.results: list[CallResult | None] = [None] * len(jobs)
+        self.remaining = len(jobs)
+        self.pinned: list[deque[int]] = [deque() for _ in range(n)]
+        self.shared: deque[int] = deque()
+        for j, (slot, _) in enumerate(jobs):
+            (self.shared if slot is None else self.pinned[slot]).append(j)
+
+    def has_work(self, i: int) -> bool:
+        return bool(self.pinned[i] or self.shared)
+
+    def take(self, i: int) -> int | None:
+        queue = self.pinned[i] or self.shared
+        return queue.popleft() if queue else None
+
+
+class WorkerPool:
+    """``num_workers`` persistent processes, each holding ``init()``; see the module docstring.
+
+    Args:
+        init: builds the worker's state, once per worker process (again after a restart).
+        handle: ``handle(state, payload) -> result``, run in the worker for each call.
+        num_workers: number of worker processes.
+        finalize: ``finalize(state)``, run in the worker when it stops (errors ignored).
+        timeout: seconds one call may run (``None``: no limit).
+        start_timeout: seconds a worker may take to start and build its state (``None``: no
+            limit).
+        kill_grace: seconds between SIGTERM (which runs ``finalize``) and SIGKILL when a worker
+            that passed its deadline is stopped; 0 kills at once.
+        max_restarts: replacement workers allowed over the pool's lifetime (``None``:
+            unlimited); see the module docstring for what happens once it is spent.
+        start_method: ``"spawn"`` (default), ``"forkserver"`` or ``"fork"``.
+        preload: modules the forkserver imports once (``"forkserver"`` only).
+        name: process name prefix; worker ``i`` is ``f"{name}-{i}"``.
+
+    Workers start in the constructor without waiting; :meth:`start` waits for them (calls also
+    wait for the workers they need).  Not thread-safe: one caller at a time.
+    """
+
+    def __init__(self, init: Callable[[], Any], handle: Callable[[Any, Any], Any],
+                 num_workers: int, *, finalize: Callable[[Any], None] | None = None,
+                 timeout: float | None = None, start_timeout: float | None = 120.0,
+                 kill_grace: float = 0.0, max_restarts: int | None = None,
+                 start_method: str = "spawn", preload: Sequence[str] = (),
+                 name: str = "grouprl-worker") -> None:
+        self._closed = True  # until the workers list exists (close() stays safe)
+        check_int("num_workers", num_workers, 1)
+        for option, value in (("timeout", timeout), ("start_timeout", start_timeout)):
+            check_number(option, value, 0, low_open=True, none_ok=True, note="seconds")
+        check_number("kill_grace", kill_grace, 0, note="seconds")
+        check_int("max_restarts", max_restarts, 0, none_ok=True)
+        check_choice("start_method", start_method, tuple(mp.get_all_start_methods()))
+        try:
+            pickle.dumps((init, handle, finalize))
+        except Exception as exc:
+            raise TypeError("init/handle/finalize: must pickle to reach the worker processes "
+                            "(module-level functions, or functools.partial of them with "
+                            f"picklable arguments); {_describe(exc)}") from None
+        self.timeout = None if timeout is None else float(timeout)
+        self.start_timeout = None if start_timeout is None else float(start_timeout)
+        self.kill_grace = float(kill_grace)
+        self.max_restarts = max_restarts
+        self.name = name
+        self.stats: dict[str, int] = {"calls": 0, "failures": 0, "timeouts": 0, "crashes": 0,
+                                      "restarts": 0}
+        self._ctx = mp.get_context(start_method)
+        if preload and start_method == "forkserver":
+            self._ctx.set_forkserver_preload(list(preload))
+        self._target = (init, handle, finalize)
+        self._workers: list[_Worker | None] = [None] * num_workers
+        self._finalizer = weakref.finalize(self, _shutdown, self._workers, self.kill_grace)
+        self._closed = False
+        try:
+            for i in range(num_workers):
+                self._workers[i] = self._spawn(i)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- public --------------------------------------------------------------------------------
+
+    @property
+    def num_workers(self) -> int:
+        return len(self._workers)
+
+    @property
+    def pids(self) -> list[int | None]:
+        """Process id of each worker (``None`` for an empty slot)."""
+        return [None if w is None else w.process.pid for w in self._workers]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self) -> None:
+        """Wait until every worker has built its state; :class:`WorkerStartError` otherwise."""
+        self._check_open()
+        try:
+            for i, w in enumerate(self._workers):
+                if w is None or w.state != "starting":
+                    continue
+                event = None
+                while event is None:
+                    left = w.deadline - time.monotonic()
+                    wait_handles([w.conn, w.process.sentinel],
+                                 timeout=None if math.isinf(left) else max(0.0, left))
+                    event = w.event(time.monotonic())
+                reason = self._started(i, w, event)
+                if reason is not None:
+                    raise WorkerStartError(i, reason)
+        except WorkerStartError:
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, payloads: Mapping[int, Any]) -> dict[int, CallResult]:
+        """Run ``payloads[i]`` on worker ``i`` (its state), all workers at once."""
+        self._check_open()
+        for i in payloads:
+            check_int("worker index", i, 0, self.num_workers - 1)
+        results = self._run([(i, payload) for i, payload in payloads.items()])
+        return dict(zip(payloads, results))
+
+    def map(self, payloads: Sequence[Any]) -> list[CallResult]:
+        """Run each payload on the next free worker; results in input order."""
+        self._check_open()
+        return self._run([(None, payload) for payload in payloads])
+
+    def restart(self, i: int) -> None:
+        """Replace worker ``i`` by a fresh one (its state rebuilt); counts as a restart.  The
+        old worker is asked to stop (running ``finalize``) and given ``kill_grace`` seconds
+        before SIGTERM / SIGKILL.  ``RuntimeError`` when ``max_restarts`` is spent."""
+        self._check_open()
+        check_int("worker index", i, 0, self.num_workers - 1)
+        if not self._budget_left():
+            raise RuntimeError(f"worker {i}: max_restarts={self.max_restarts} restarts are "
+                               "used up")
+        self._take_down(i)
+        self._respawn(i)
+
+    def close(self) -> None:
+        """Stop every worker and reap its process; idempotent."""
+        self._closed = True
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"WorkerPool(num_workers={self.num_workers}, timeout={self.timeout}, "
+                f"name={self.name!r}, closed={self._closed})")
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("WorkerPool is closed")
+
+    def _spawn(self, i: int) -> _Worker:
+        return _Worker(self._ctx, self._target, f"{self.name}-{i}", self.start_timeout)
+
+    def _budget_left(self) -> bool:
+        return self.max_restarts is None or self.stats["restarts"] < self.max_restarts
+
+    def _respawn(self, i: int) -> bool:
+        """Start a replacement in the empty slot ``i``; ``False`` when the budget is spent."""
+        if not self._budget_left():
+            return False
+        self._workers[i] = self._spawn(i)
+        self.stats["restarts"] += 1
+        return True
+
+    def _take_down(self, i: int, grace: float | None = None) -> None:
+        w, self._workers[i] = self._workers[i], None
+        if w is not None:
+            w.stop(self.kill_grace if grace is None else grace)
+
+    def _started(self, i: int, w: _Worker, event: tuple[str, Any]) -> str | None:
+        """Handle a starting worker's event: ``None`` when ready, else why it failed (the
+        slot is then emptied)."""
+        kind, data = event
+        if kind == "msg" and data[0] == "ready":
+            w.state = "idle"
+            return None
+        if kind == "msg":
+            w.process.join(1.0)  # it exits by itself after reporting
+            reason = str(data[1])
+        elif kind == "died":
+            reason = data
+        else:
+            reason = f"timeout after {self.start_timeout}s starting the worker"
+        self._take_down(i)
+        return reason
+
+    # -- one round of calls --------------------------------------------------------------------
+
+    def _run(self, jobs: Sequence[tuple[int | None, Any]]) -> list[CallResult]:
+        rnd = _Round(jobs, self.num_workers)
+        try:
+            while rnd.remaining:
+                self._dispatch(rnd)
+                active = [(i, w) for i, w in enumerate(self._workers)
+                          if w is not None and w.state != "idle"]
+                if not rnd.remaining:
+                    break
+                if not active:  # every slot is empty and the restart budget is spent
+                    for j in [*rnd.shared, *(j for q in rnd.pinned for j in q)]:
+                        self._finish(rnd, j, CallResult(False, error=self._spent_note()))
+                    break
+                left = min(w.deadline for _, w in active) - time.monotonic()
+                wait_handles([h for _, w in active for h in (w.conn, w.process.sentinel)],
+                             timeout=None if math.isinf(left) else max(0.0, left))
+                now = time.monotonic()
+                for i, w in active:
+                    event = w.event(now)
+                    if event is not None:
+                        self._on_event(rnd, i, w, event)
+        except BaseException:  # Ctrl-C: busy workers would answer stale calls later
+            self.close()
+            raise
+        return rnd.results  # type: ignore[return-value]
+
+    def _spent_note(self) -> str:
+        return f"no worker left: max_restarts={self.max_restarts} restarts are used up"
+
+    def _dispatch(self, rnd: _Round) -> None:
+        """Send work to idle workers; start replacements in empty slots that have work."""
+        for i in range(self.num_workers):
+            if not rnd.has_work(i):
+                continue
+            if self._workers[i] is None and not self._respawn(i):
+                if rnd.pinned[i]:
+                    self._finish(rnd, rnd.pinned[i].popleft(), CallResult(
+                        False, error=f"worker {i}: {self._spent_note()}"))
+                continue
+            w = self._workers[i]
+            if w is None or w.state != "idle":
+                continue
+            pinned = bool(rnd.pinned[i])
+            job = rnd.take(i)
+            try:
+                w.conn.send(("call", rnd.payloads[job]))
+            except (OSError, ValueError) as exc:  # it died while idle
+                note = f"{w.exit_note()}; {_describe(exc)}"
+                self._take_down(i, grace=0.0)
+                if pinned:  # its state is gone with it: the call fails
+                    self._finish(rnd, job, CallResult(False, error=note,
+                                                      restarted=self._respawn(i)), crashed=True)
+                else:  # any worker will do: retry on the next free one
+                    rnd.shared.appendleft(job)
+                    self._respawn(i)
+                continue
+            w.state, w.job = "busy", job
+            w.deadline = math.inf if self.timeout is None else time.monotonic() + self.timeout
+
+    def _on_event(self, rnd: _Round, i: int, w: _Worker, event: tuple[str, Any]) -> None:
+        if w.state == "starting":
+            reason = self._started(i, w, event)
+            job = None if reason is None else rnd.take(i)
+            if job is not None:
+                self._finish(rnd, job, CallResult(False, error=f"worker failed to start: "
+                                                  f"{reason}", timed_out=event[0] == "late"),
+                             crashed=event[0] == "died")
+            return
+        kind, data = event
+        job, w.job = w.job, None
+        assert job is not None
+        if kind == "msg":
+            w.state = "idle"
+            status, value = data
+            result = (CallResult(True, value) if status == "ok"
+                      else CallResult(False, error=str(value)))
+        elif kind == "died":
+            self._take_down(i, grace=0.0)
+            result = CallResult(False, error=data, restarted=self._respawn(i))
+        else:
+            self._take_down(i)
+            result = CallResult(False, error=f"timeout after {self.timeout}s", timed_out=True,
+                                restarted=self._respawn(i))
+        self._finish(rnd, job, result, crashed=kind == "died")
+
+    def _finish(self, rnd: _Round, job: int, result: CallResult, crashed: bool = False) -> None:
+        rnd.results[job] = result
+        rnd.remaining -= 1
+        self.stats["calls"] += 1
+        if not result.ok:
+            self.stats["failures"] += 1
+            self.stats["timeouts"] += result.timed_out
+            self.stats["crashes"] += crashed
