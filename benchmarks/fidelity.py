@@ -185,7 +185,7 @@ def run_job(job: Job) -> dict[str, Any]:
     import torch
 
     from grouprl.recipes import train
-    from grouprl.train.config import TrainConfig, _build
+    from grouprl.train.config import build_config
 
     torch.set_num_threads(int(job.config.get("threads") or 1))
     run_dir = Path(job.run_dir)
@@ -198,7 +198,7 @@ def run_job(job: Job) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(job.warm_dir, tmp)
         os.replace(tmp, run_dir / "warm_start")
-    cfg = _build(TrainConfig, job.config, "")
+    cfg = build_config(job.config)
     resume = (run_dir / "metrics.jsonl").is_file()
     log = open(run_dir / "log.txt", "a")
     t0 = time.perf_counter()

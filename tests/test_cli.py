@@ -54,3 +54,35 @@ def test_default_advantages_table_skips_estimators_needing_row_tensors(capsys):
     assert main(["advantages"]) == 0
     out = capsys.readouterr().out
     assert "gigpo" in out and "canon" not in out
+
+
+def test_config_prints_the_resolved_config_and_checks_algorithm_options(capsys):
+    import yaml
+
+    assert main(["config", "configs/sokoban_hgpo.yaml", "rollout.group_size=4",
+                 "env.kwargs={dim_room: [6, 6]}"]) == 0
+    data = yaml.safe_load(capsys.readouterr().out)
+    assert data["rollout"]["group_size"] == 4 and data["algorithm"]["estimator"] == "hgpo"
+    assert data["env"]["kwargs"] == {"dim_room": [6, 6]}
+    assert main(["config", "algorithm.estimator_options.gama=0.9"]) == 2
+    err = capsys.readouterr().err
+    assert "algorithm.estimator_options: gama: unknown option" in err and "gamma" in err
+    assert "Traceback" not in err
+
+
+def test_train_help_lists_every_key_with_default_and_help(capsys):
+    from grouprl.train.config import config_keys
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for key, _, text in config_keys():
+        assert f"  {key} " in out and text.split()[0] in out
+    assert main(["config", "--keys"]) == 0 and "rollout.group_size" in capsys.readouterr().out
+
+
+def test_advantages_options_use_the_config_grammar(capsys):
+    # YAML values, as in config overrides: a bare word is a string, [..] a list, null is None
+    assert main(["advantages", "-e", "hgpo", "-o", "history_length=2", "-o",
+                 "compat=reference", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["hgpo"]) == len(EXAMPLE_ROWS)

@@ -1,6 +1,8 @@
-"""Command line: ``grouprl train | eval | plot | advantages | bench``.
+"""Command line: ``grouprl train | config | eval | plot | advantages | bench``.
 
     grouprl train                                        # built-in default: tiny model, Sokoban
+    grouprl train --help                                 # every config key, default and help
+    grouprl config configs/sokoban_hgpo.yaml rollout.group_size=4   # the resolved config (YAML)
     grouprl train configs/sokoban_hgpo.yaml rollout.group_size=4 run_dir=runs/h
     grouprl train --resume runs/h                        # continue an interrupted run
     grouprl eval runs/h [eval.episodes=256]              # held-out success of the latest checkpoint
@@ -23,7 +25,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from grouprl.advantages import RolloutBatch, available_estimators, compute_advantages, state_ids
+from grouprl.recipes import train
+from grouprl.train import ConfigError, load_config, load_run_config, load_trained_policy
+from grouprl.train.checks import check_rl_config
+from grouprl.train.config import TrainConfig, config_reference, dump_config, format_keys
+from grouprl.train.evaluate import evaluate_run
+from grouprl.train.pair_data import validate_preference_config
+from grouprl.train.plot import plot_run
 
 # Spec-agentic-credit §4.6: three trajectories of one task (A succeeds via s0→s1→s2, B fails with
 # an invalid action at s1, C succeeds via the shortcut s0→s4).
@@ -66,12 +77,13 @@ ROW_OPTION_ESTIMATORS = ("canon",)
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
+    """``key=value`` with a YAML value: the grammar of config overrides."""
     if "=" not in text:
         raise SystemExit(f"--option: expected key=value, got {text!r}")
     key, raw = text.split("=", 1)
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
         value = raw
     return key.strip(), value
 
@@ -117,10 +129,33 @@ def _split_config(items: list[str]) -> tuple[str | None, list[str]]:
     return None, items
 
 
-def _train(args: argparse.Namespace) -> int:
-    from grouprl.recipes import train
-    from grouprl.train import ConfigError, load_config, load_run_config
+def check_config(cfg: TrainConfig) -> None:
+    """Every check a run does before any work (cross-key rules, algorithm options)."""
+    if cfg.mode == "preference":
+        validate_preference_config(cfg)
+    else:
+        check_rl_config(cfg)
 
+
+def _config(args: argparse.Namespace) -> int:
+    if args.reference:
+        sys.stdout.write(config_reference())
+        return 0
+    if args.keys:
+        print(format_keys())
+        return 0
+    config, overrides = _split_config(args.args)
+    try:
+        cfg = load_config(config, overrides)
+        check_config(cfg)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    sys.stdout.write(dump_config(cfg))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
     config, overrides = _split_config(args.args)
     try:
         if args.resume:
@@ -151,9 +186,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from grouprl.train import ConfigError, load_run_config, load_trained_policy
-    from grouprl.train.evaluate import evaluate_run
-
     try:
         cfg = load_run_config(args.run_dir, args.overrides)  # eval.*, env.* … overrides
         if cfg.mode == "preference":
@@ -170,8 +202,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from grouprl.train.plot import plot_run
-
     try:
         out = plot_run(args.run_dir, args.out)
     except (ImportError, FileNotFoundError) as err:
@@ -185,11 +215,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="grouprl", description="Group-based RL for LLM agents")
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="train a policy (no config = the built-in default)",
-                        description="grouprl train [CONFIG.yaml] [key=value ...]")
+                        description="grouprl train [CONFIG.yaml] [key=value ...]",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="config keys (key=value overrides; values are YAML; "
+                               "`grouprl config RECIPE ...` prints the resolved config):\n"
+                               + format_keys())
     tr.add_argument("args", nargs="*", metavar="CONFIG|key=value",
                     help="an optional YAML recipe, then overrides like rollout.group_size=4")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     tr.set_defaults(func=_train)
+    cf = sub.add_parser("config", help="print the resolved config of a recipe plus overrides",
+                        description="grouprl config [CONFIG.yaml] [key=value ...]: the config "
+                        "a run would use, as YAML, after every check")
+    cf.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+    cf.add_argument("--keys", action="store_true", help="every key with its default and help")
+    cf.add_argument("--reference", action="store_true",
+                    help="the Markdown config reference (docs/config.md)")
+    cf.set_defaults(func=_config)
     evp = sub.add_parser("eval", help="evaluate a run's latest checkpoint on held-out tasks")
     evp.add_argument("run_dir")
     evp.add_argument("overrides", nargs="*", metavar="key=value",
@@ -205,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     adv.add_argument("-e", "--estimator", action="append", choices=available_estimators(),
                      help="estimator name (repeatable; default: all)")
     adv.add_argument("-o", "--option", action="append", default=[],
-                     help="estimator option key=value (JSON value), repeatable")
+                     help="estimator option key=value (YAML value), repeatable")
     adv.add_argument("--json", action="store_true", help="print a JSON object name → values")
     adv.set_defaults(func=_advantages)
     bench = sub.add_parser("bench", help="run the advantage-estimator benchmark")

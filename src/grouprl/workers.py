@@ -10,7 +10,8 @@ verifier (the state is a warmed-up verifier, calls go to any free worker with
 
 Faults never raise into the caller's loop; each call gets a :class:`CallResult`:
 
-* ``handle`` raises: ``ok=False``, ``error="Type: message"``; the worker and its state stay.
+* ``handle`` raises, or its result does not pickle: ``ok=False``, ``error="Type: message"``;
+  the worker and its state stay.
 * the call runs past ``timeout`` seconds: the worker is stopped (SIGTERM, then SIGKILL after
   ``kill_grace`` seconds) and replaced at once by a fresh one that rebuilds its state;
   ``timed_out=True``, ``restarted=True``.
@@ -31,7 +32,7 @@ and when a call is interrupted (``KeyboardInterrupt``), so no stale call or zomb
 
 Why not ``concurrent.futures.ProcessPoolExecutor``
 --------------------------------------------------
-The executor (Python 3.11, spawn context) was tried first; shown with a two-worker executor:
+The executor (Python 3.11, spawn context) was tried first; what it did:
 
 1. a worker that dies fails *every* running call with ``BrokenProcessPool`` (a healthy
    ``sleep(1)`` call on the other worker included), and the executor accepts no more work;
@@ -43,6 +44,7 @@ The executor (Python 3.11, spawn context) was tried first; shown with a two-work
 4. a call goes to any free worker, while an env's state lives in one process (reset, then
    steps on the same object).
 
+One single-worker executor per slot would answer 1 and 4, but not 2 and 3.
 So the pool keeps a small hand-written dispatch loop over standard-library pieces: spawned
 ``multiprocessing.Process`` objects, one ``Pipe`` each, and
 ``multiprocessing.connection.wait`` on the pipes and process sentinels with the nearest

@@ -557,8 +557,22 @@ def test_saving_refuses_state_a_safe_load_could_not_read(tmp_path):
     assert not list((tmp_path / "checkpoints").iterdir())
 
 
-def test_source_loads_only_with_weights_only():
-    source = Path(ckpt_mod.__file__).read_text()
+def test_numpy_allowlist_is_scoped_to_the_load(tmp_path):
+    before = list(torch.serialization.get_safe_globals())
+    _, path = _saved(tmp_path)
+    _load_all(path)
+    assert list(torch.serialization.get_safe_globals()) == before
+    torch.save({"a": np.arange(3)}, tmp_path / "plain.pt")
+    with pytest.raises(Exception, match="weights_only|Weights only"):
+        torch.load(tmp_path / "plain.pt", weights_only=True)  # outside our loader: refused
+
+
+@pytest.mark.parametrize("module, n_loads", [("checkpoint", 0), ("safe_io", 1),
+                                             ("rng_state", 0)])
+def test_source_loads_only_with_weights_only(module, n_loads):
+    import importlib
+
+    source = Path(importlib.import_module(f"grouprl.train.{module}").__file__).read_text()
     tree = ast.parse(source)
     banned = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "marshal",
               "shelve"}
@@ -576,7 +590,7 @@ def test_source_loads_only_with_weights_only():
             assert isinstance(kw.get("weights_only"), ast.Constant)
             assert kw["weights_only"].value is True
             loads.append(node)
-    assert len(loads) == 1 and "pickle." not in source
+    assert len(loads) == n_loads and "pickle." not in source
 
 
 # --------------------------------------------------------------------------- peft

@@ -10,6 +10,7 @@ from grouprl.train.config import (
     ConfigError,
     TrainConfig,
     config_keys,
+    config_reference,
     config_to_dict,
     load_config,
     parse_overrides,
@@ -34,9 +35,21 @@ def test_overrides_parse_yaml_values_and_nest():
     assert cfg.algorithm.estimator_options == {"gamma": 0.9}
 
 
-def test_leaf_dict_override_merges_on_command_line(tmp_path):
+def test_mapping_overrides_assign_and_dotted_keys_set_one_entry(tmp_path):
     cfg = load_config(None, ["env.kwargs.num_boxes=2"])
     assert cfg.env.kwargs["num_boxes"] == 2 and cfg.env.kwargs["dim_room"] == [5, 5]
+    # key=value assigns: a mapping replaces a dict-valued key whole (nothing of the old is kept)
+    cfg = load_config(None, ["env.kwargs={dim_room: [6, 6]}"])
+    assert cfg.env.kwargs == {"dim_room": [6, 6]}
+    # ... and later items apply in order
+    cfg = load_config(None, ["env.kwargs={dim_room: [6, 6]}", "env.kwargs.num_boxes=2"])
+    assert cfg.env.kwargs == {"dim_room": [6, 6], "num_boxes": 2}
+    # a mapping given to a section sets those keys of the section only
+    cfg = load_config(None, ["rollout={group_size: 3}"])
+    assert cfg.rollout.group_size == 3 and cfg.rollout.groups_per_batch == 8
+    # programmatic nested overrides are deep-merged (dict-valued keys too)
+    cfg = load_config(None, {"env": {"kwargs": {"num_boxes": 2}}})
+    assert cfg.env.kwargs == {"dim_room": [5, 5], "num_boxes": 2, "max_solution_length": 2}
     # ... but a recipe file's env.kwargs replaces the default's (switching env never inherits)
     p = tmp_path / "r.yaml"
     p.write_text("env:\n  name: sokoban\n  kwargs: {num_boxes: 2}\n")
@@ -61,6 +74,13 @@ def test_int_widens_to_float_but_not_bool():
     ("optim.lr=abc", "optim.lr: expected float"),
     ("rollout=3", "rollout: expected a mapping"),
     ("oops", "expected key=value"),
+    ("rollout.temperature=true", "rollout.temperature: expected float, got True"),
+    ("rollout.group_size=4.5", "rollout.group_size: expected int, got 4.5"),
+    ("algorithm.loss_agg=foo", "algorithm.loss_agg: 'foo' is not accepted; choose one of: "
+                               "token-mean"),
+    ("optim.betas=[0.9, x]", r"optim.betas.1: expected float, got 'x'"),
+    ("rollout.group_size=4=5", "rollout.group_size: expected int"),
+    ("rollout.stop.x=1", "rollout.stop' holds a value"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -97,3 +117,33 @@ def test_config_keys_cover_every_leaf():
 def test_parse_overrides_rejects_conflicts():
     with pytest.raises(ConfigError, match="set to a value and a mapping"):
         parse_overrides(["a=1", "a.b=2"])
+
+
+def test_malformed_yaml_file_names_the_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("rollout:\n  group_size: [4\n  temperature: 1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(line \d+, column \d+\)"):
+        load_config(p)
+
+
+def test_every_key_has_help_and_the_reference_doc_is_current():
+    keys = config_keys()
+    assert len(keys) >= 90 and all(text for _, _, text in keys), \
+        [k for k, _, t in keys if not t]
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
+    assert doc == config_reference(), "docs/config.md is stale: grouprl config --reference"
+    for key, _, _ in keys:
+        assert f"| `{key}` |" in doc
+
+
+def test_algorithm_options_are_checked_against_their_typed_options():
+    from grouprl.train.checks import check_rl_config
+
+    for override, message in [
+            ("algorithm.estimator_options.gama=1", "algorithm.estimator_options: gama: unknown "
+             "option for estimator 'gigpo'; accepted options: .*gamma"),
+            ("algorithm.loss_options.clip_lo=0.2", "algorithm.loss_options: clip_lo"),
+            ("rollout.oversampling={windw: 3}", "rollout.oversampling: windw"),
+            ("algorithm.estimator=canon", "algorithm.estimator=canon: needs single-turn")]:
+        with pytest.raises(ConfigError, match=message):
+            check_rl_config(load_config(None, [override]))

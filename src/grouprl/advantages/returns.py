@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from grouprl.batch import RolloutBatch
 from grouprl.validation import check_number
 
-from .rows import Rows
+from .rows import Rows, prepare_rows
 
 __all__ = ["discounted_returns", "step_returns", "broadcast_to_tokens"]
 
@@ -41,10 +42,6 @@ def discounted_returns(traj_id, step, reward, gamma: float) -> torch.Tensor:
     ``traj_id``/``step``/``reward`` are 1-D columns as in :class:`grouprl.advantages.RolloutBatch`
     (steps 0..T-1 contiguous per trajectory; rows in any order).
     """
-    from grouprl.batch import RolloutBatch
-
-    from .rows import prepare_rows
-
     check_number("gamma", gamma, 0.0, 1.0)
     rows = prepare_rows(RolloutBatch(group_id=traj_id, traj_id=traj_id, step=step, reward=reward))
     return step_returns(rows, gamma).to(torch.float32)

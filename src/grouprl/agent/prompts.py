@@ -23,10 +23,9 @@ from __future__ import annotations
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .memory import HistoryMemory
+from .memory import HistoryMemory
 
 __all__ = ["PromptTemplate", "TEMPLATES", "NO_HISTORY_FIELDS", "WITH_HISTORY_FIELDS",
            "get_template", "template_from_config", "apply_chat_template", "format_admissible",

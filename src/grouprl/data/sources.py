@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub.constants as hub_constants
+
 from .arithmetic import arithmetic_dataset, arithmetic_pairs
 from .types import PreferencePair, ReasoningExample
 
@@ -96,10 +98,8 @@ def _hf_offline(datasets_module: Any) -> Iterator[None]:
     """Force Hugging Face offline mode (env vars and the already-read module constants)."""
     saved_env = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
     targets: list[tuple[Any, str]] = [(datasets_module.config, "HF_HUB_OFFLINE"),
-                                      (datasets_module.config, "HF_DATASETS_OFFLINE")]
-    with contextlib.suppress(ImportError):
-        import huggingface_hub.constants as hub_constants
-        targets.append((hub_constants, "HF_HUB_OFFLINE"))
+                                      (datasets_module.config, "HF_DATASETS_OFFLINE"),
+                                      (hub_constants, "HF_HUB_OFFLINE")]
     saved_attr = [(obj, name, getattr(obj, name)) for obj, name in targets if hasattr(obj, name)]
     try:
         for key in saved_env:

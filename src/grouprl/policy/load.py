@@ -15,17 +15,23 @@ KL reference model:
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 __all__ = ["DTYPES", "LoraOptions", "apply_lora", "disable_adapter", "frozen_copy",
            "is_lora_model", "load_policy", "prepare_tokenizer", "resolve_dtype"]
@@ -85,25 +91,16 @@ class LoraOptions:
                              + ", ".join(repr(b) for b in _BIAS))
 
 
-def _import_peft():
-    try:
-        import peft
-    except ImportError as err:
-        raise ImportError("peft is not installed: pip install peft") from err
-    return peft
-
-
 def apply_lora(model: PreTrainedModel, options: LoraOptions | None = None):
     """Wrap ``model`` with LoRA adapters; only adapter (and ``modules_to_save``) params train.
 
-    Returns a ``peft.PeftModel``. Raises ``ImportError`` when peft is not installed.
+    Returns a ``peft.PeftModel``.
     """
     if options is None:
         options = LoraOptions()
     if not isinstance(options, LoraOptions):
         raise ValueError(f"options: expected a LoraOptions, got {type(options).__name__}")
-    peft = _import_peft()
-    config = peft.LoraConfig(
+    config = LoraConfig(
         r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
         target_modules=list(options.target_modules), bias=options.bias,
         modules_to_save=list(options.modules_to_save) or None, task_type="CAUSAL_LM")
@@ -111,15 +108,11 @@ def apply_lora(model: PreTrainedModel, options: LoraOptions | None = None):
         # peft probes a deprecated transformers attribute; the warning is not the user's
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
                                 category=FutureWarning)
-        return peft.get_peft_model(model, config)
+        return get_peft_model(model, config)
 
 
 def is_lora_model(model: torch.nn.Module) -> bool:
     """True for a peft model or a transformers model with a loaded peft adapter."""
-    try:
-        from peft import PeftModel
-    except ImportError:
-        PeftModel = ()  # noqa: N806  (isinstance(x, ()) is always False)
     return isinstance(model, PeftModel) or bool(getattr(model, "_hf_peft_config_loaded", False))
 
 
@@ -131,11 +124,7 @@ def disable_adapter(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     adapters (a silent no-op would make the KL term identically zero): use
     :func:`frozen_copy` for full fine-tuning instead.
     """
-    try:
-        from peft import PeftModel
-    except ImportError:
-        PeftModel = None  # noqa: N806
-    if PeftModel is not None and isinstance(model, PeftModel):
+    if isinstance(model, PeftModel):
         with model.disable_adapter():
             yield model
         return
@@ -180,8 +169,6 @@ def _load_tokenizer(directory: Path, auto: Any, common: dict) -> Any:
     ≥ 5), which swaps in Qwen2's own pre-tokenizer and silently changes the token ids of a
     reloaded warm start or checkpoint.
     """
-    import json
-
     config = directory / "tokenizer_config.json"
     if config.is_file() and (directory / "tokenizer.json").is_file():
         try:
@@ -189,8 +176,6 @@ def _load_tokenizer(directory: Path, auto: Any, common: dict) -> Any:
         except (OSError, ValueError):
             cls = None
         if cls in _GENERIC_TOKENIZER_CLASSES:
-            from transformers import PreTrainedTokenizerFast
-
             return PreTrainedTokenizerFast.from_pretrained(directory, **common)
     return auto.from_pretrained(directory, **common)
 
@@ -211,8 +196,6 @@ def load_policy(path: str | Path, *, dtype: str | torch.dtype = "float32",
     The model uses ``attn_implementation="sdpa"`` when the architecture supports it and
     ``"eager"`` otherwise. The tokenizer is prepared with :func:`prepare_tokenizer`.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     torch_dtype = resolve_dtype(dtype)
     if not isinstance(path, (str, Path)):
         raise ValueError(f"path: expected a directory path, got {type(path).__name__}")

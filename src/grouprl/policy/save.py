@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from transformers.utils import logging as hf_logging
+
 __all__ = ["no_progress_bars", "save_policy"]
 
 
@@ -34,8 +36,6 @@ def no_progress_bars() -> Iterator[None]:
     The previous state (tqdm hook, or the on/off switch on older transformers) is restored on
     exit, also when the block raises. See the module docstring.
     """
-    from transformers.utils import logging as hf_logging
-
     set_hook = getattr(hf_logging, "set_tqdm_hook", None)
     if set_hook is not None:
         previous = None

@@ -24,14 +24,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    pre_tokenizers,
+    trainers,
+)
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from .save import save_policy
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 __all__ = ["EOS_TOKEN", "PAD_TOKEN", "build_tiny_model", "build_tiny_policy", "tiny_config",
            "train_tokenizer"]
@@ -87,9 +93,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, *, min_frequenc
     Returns:
         a ``transformers.PreTrainedTokenizerFast`` with ``padding_side="left"``.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     atomic = _check_special_tokens(special_tokens)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
         raise ValueError(f"vocab_size: expected an int, got {vocab_size!r}")
@@ -103,8 +106,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, *, min_frequenc
     tok = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
     if isolate_chars:
-        from tokenizers import Regex
-
         chars = "".join(sorted(set(isolate_chars)))
         pattern = "[" + "".join("\\" + c if c in "\\^]-[" else c for c in chars) + "]"
         tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -137,8 +138,6 @@ def tiny_config(tokenizer, *, hidden_size: int = 128, num_layers: int = 4, num_h
 
     The defaults give about 0.85M parameters with a 512-token vocabulary.
     """
-    from transformers import Qwen2Config
-
     for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers),
                         ("num_heads", num_heads), ("num_kv_heads", num_kv_heads),
                         ("intermediate_size", intermediate_size),
@@ -167,8 +166,6 @@ def build_tiny_model(tokenizer, *, seed: int = 0, dtype: torch.dtype = torch.flo
     The global torch RNG is left untouched (initialisation runs under ``fork_rng``).
     ``config_kwargs`` go to :func:`tiny_config`.
     """
-    from transformers import Qwen2ForCausalLM
-
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed: expected an int, got {seed!r}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:

@@ -87,7 +87,7 @@ SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng.pt"
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
-FORMAT_VERSION = 2  # 1: the JSON + safetensors layout of grouprl <= 0.x, without a manifest
+FORMAT_VERSION = 2  # 1: the earlier tagged-JSON + safetensors layout (no manifest)
 _NAME_RE = re.compile(r"^iter_(\d{6,})$")
 _TMP_PREFIX = ".tmp-"
 _OLD_PREFIX = ".old-"

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from grouprl.train.checkpoint import _fsync_dir  # one fsync helper for both atomic writers
 
@@ -242,9 +243,9 @@ def _format_value(value: object) -> str:
 class ProgressBar:
     """Live training progress with the latest metrics (e.g. the success rate) as a postfix.
 
-    A tqdm bar when tqdm is installed and ``stream`` (default stderr) is a terminal; otherwise a
-    plain line ``train 20/100 (20%) | 1.25 it/s, elapsed 0:00:16, eta 0:01:04 | success_rate=0.5``
-    every ``print_every`` iterations and at the last one. ``update`` takes the absolute number
+    A tqdm bar when ``stream`` (default stderr) is a terminal; otherwise a plain line
+    ``train 20/100 (20%) | 1.25 it/s, elapsed 0:00:16, eta 0:01:04 | success_rate=0.5`` every
+    ``print_every`` iterations and at the last one. ``update`` takes the absolute number
     of completed iterations, so a resumed run starts at ``initial``.
     """
 
@@ -265,13 +266,8 @@ class ProgressBar:
         self._printed = True  # nothing new to print yet
         self._bar = None
         if enabled and _isatty(self._stream):
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self._bar = tqdm(total=total, initial=initial, desc=desc, file=self._stream,
-                                 dynamic_ncols=True)
+            self._bar = tqdm(total=total, initial=initial, desc=desc, file=self._stream,
+                             dynamic_ncols=True)
 
     def update(self, iteration: int, **postfix: float) -> None:
         """Move to ``iteration`` completed iterations and show ``postfix`` (e.g. success_rate)."""

@@ -13,9 +13,10 @@ from grouprl.train.checkpoint import latest_checkpoint, load_checkpoint
 from grouprl.train.config import (
     ConfigError,
     TrainConfig,
-    _build,
     apply_overrides,
-    parse_overrides,
+    assign,
+    build_config,
+    parse_override,
 )
 from grouprl.train.setup import apply_lora_config, load_or_build_policy, resolve_device
 from grouprl.train.warm_start import env_corpus
@@ -29,8 +30,12 @@ def load_run_config(run_dir: str | Path, overrides: Any = ()) -> TrainConfig:
     if not path.is_file():
         raise ConfigError(f"run_dir: {str(run_dir)!r} holds no config.json (not a grouprl run)")
     data = json.loads(path.read_text())
-    extra = parse_overrides(overrides) if not isinstance(overrides, dict) else overrides
-    return _build(TrainConfig, apply_overrides(data, extra), "")
+    if isinstance(overrides, dict):
+        data = apply_overrides(data, overrides)
+    else:
+        for item in overrides:
+            assign(data, *parse_override(item))
+    return build_config(data)
 
 
 def load_trained_policy(run_dir: str | Path, checkpoint: str | Path | None = None
