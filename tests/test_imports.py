@@ -319,7 +319,7 @@ def test_optional_extras_come_from_pyproject():
     assert not core & allowed
 
 
-def test_optional_extras_reject_an_unknown_provider(tmp_path):
+def test_optional_extras_normalise_names_and_reject_an_unknown_provider(tmp_path):
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[project]\ndependencies = ["torch>=2", "PyYAML>=6"]\n'
                          '[project.optional-dependencies]\nplot = ["Matplotlib[x]>=3", "pyyaml"]\n'

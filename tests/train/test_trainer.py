@@ -196,3 +196,22 @@ def test_cli_train_eval_plot(tmp_path, capsys):
     assert "rollout.group_size: must be >= 1" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "iterations=3"]) == 0
     assert [r["iteration"] for r in read_metrics(run)][-1] == 3
+
+
+def test_a_default_run_prints_no_deprecation_warnings(tmp_path, caplog, capfd):
+    """The built-in default job (shrunk) raises no Deprecation/FutureWarning and logs no
+    library deprecation notice (issue 12: generation on the current cache API)."""
+    import logging
+    import warnings
+
+    cfg = load_config(None, [*TINY, f"run_dir={tmp_path / 'run'}", "iterations=2", "bc.episodes=6",
+                             "bc.epochs=1", "eval.every=1", "model.lora.enabled=true",
+                             "algorithm.kl_coef=0.01"])
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        train(cfg, echo=lambda s: None)
+    bad = [str(w.message) for w in caught
+           if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert not bad, bad
+    assert not [r.getMessage() for r in caplog.records if "deprecat" in r.getMessage().lower()]
+    assert "deprecat" not in capfd.readouterr().err.lower()

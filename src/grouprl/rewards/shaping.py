@@ -59,7 +59,7 @@ from .length import (
 )
 
 __all__ = ["RewardShaper", "ShapingContext", "available_shapers", "make_shaper",
-           "shaper_options"]
+           "shaper_options", "shaper_class"]
 
 Tensor = torch.Tensor
 
@@ -579,6 +579,15 @@ _SHAPERS: dict[str, type[RewardShaper]] = {
 def available_shapers() -> tuple[str, ...]:
     """Registered shaper names."""
     return tuple(_SHAPERS)
+
+
+def shaper_class(name: str) -> type[RewardShaper]:
+    """The shaper class registered as ``name`` (its declarations: ``update_targets`` = needs a
+    monitor rollout)."""
+    if name not in _SHAPERS:
+        raise ValueError(f"shaping: unknown reward shaping {name!r}; available: "
+                         + ", ".join(_SHAPERS))
+    return _SHAPERS[name]
 
 
 def shaper_options(name: str, **options: Any) -> Any:

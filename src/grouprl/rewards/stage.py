@@ -26,10 +26,11 @@ import torch
 from grouprl.batch import Rollout
 from grouprl.rewards.format import format_check, format_reward
 from grouprl.rewards.length import dot_truncation_lengths
-from grouprl.rewards.shaping import RewardShaper, ShapingContext, make_shaper
+from grouprl.rewards.shaping import RewardShaper, ShapingContext, make_shaper, shaper_class
+from grouprl.validation import check_int, check_number, check_options
 
 __all__ = ["RewardStage", "MONITOR_OPTIONS", "DOT_OPTIONS", "split_reward_options",
-           "dot_options"]
+           "dot_options", "uses_monitor"]
 
 MONITOR_OPTIONS = {"monitor_every": 20, "monitor_prompts": 64}
 """Trainer-level options of the LASER-D/DE monitor (spec §A4: every 20 steps, 500 prompts; the
@@ -41,33 +42,33 @@ DOT_OPTIONS = {"alpha": 3.0, "margin": 32.0}
 _FAILED_REASONS = ("error", "timeout")
 
 
+def uses_monitor(shaping: str | None) -> bool:
+    """Whether the shaper's targets come from a monitor rollout (it declares ``update_targets``:
+    LASER-D/DE, spec §A4)."""
+    return shaping is not None and callable(getattr(shaper_class(shaping), "update_targets",
+                                                    None))
+
+
 def split_reward_options(shaping: str | None, options: dict[str, Any]
                          ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(shaper options, monitor options): the monitor keys only exist for laser_d/laser_de."""
+    """(shaper options, monitor options): the monitor keys only exist for shapers that use a
+    monitor rollout."""
     opts = dict(options)
     monitor = dict(MONITOR_OPTIONS)
-    if shaping in ("laser_d", "laser_de"):
+    if uses_monitor(shaping):
         for key in MONITOR_OPTIONS:
             if key in opts:
-                value = opts.pop(key)
-                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                    raise ValueError(f"{key}: must be an integer >= 1, got {value!r}")
-                monitor[key] = value
+                monitor[key] = check_int(key, opts.pop(key), 1)
     return opts, monitor
 
 
 def dot_options(spec: dict[str, Any] | None) -> dict[str, float] | None:
-    """Validated ``rollout.dot_truncation`` (None = off)."""
+    """Validated ``rollout.dot_truncation`` (None = off), defaults filled in."""
     if spec is None:
         return None
-    unknown = sorted(set(spec) - set(DOT_OPTIONS))
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown option; accepted: {', '.join(DOT_OPTIONS)}")
+    check_options("DOT truncation", spec, tuple(DOT_OPTIONS))
     o = {**DOT_OPTIONS, **spec}
-    for key, value in o.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"{key}: must be a number > 0, got {value!r}")
-    return {k: float(v) for k, v in o.items()}
+    return {k: float(check_number(k, v, 0.0, low_open=True)) for k, v in o.items()}
 
 
 def _extra(rollout: Rollout, key: str) -> list[Any]:

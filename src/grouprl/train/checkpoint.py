@@ -44,7 +44,6 @@ import dataclasses
 import enum
 import json
 import os
-import re
 import shutil
 import sys
 from collections.abc import Mapping
@@ -53,8 +52,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from grouprl.train.checkpoint_dirs import (
+    CHECKPOINTS_DIR,
+    COMPLETE_FILE,
+    TMP_PREFIX,
+    checkpoint_dir_name,
+    is_complete,
+    latest_checkpoint,
+    list_checkpoints,
+    move_into_place,
+    prune,
+    write_pointer,
+)
 from grouprl.train.rng_state import (
     Generatorish,
     capture_rng_state,
@@ -71,15 +83,12 @@ from grouprl.train.safe_io import (
     verify_files,
     write_manifest,
 )
-from grouprl.train.safe_io import fsync_dir as _fsync_dir  # also used by train.metrics
+from grouprl.train.safe_io import fsync_dir as _fsync_dir
 from grouprl.validation import check_range
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "read_checkpoint_state",
            "verify_checkpoint", "checkpoint_dir_name", "list_checkpoints", "CheckpointError"]
 
-CHECKPOINTS_DIR = "checkpoints"
-LATEST_FILE = "latest"
-COMPLETE_FILE = "COMPLETE"
 MODEL_FILE = "model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -88,9 +97,6 @@ RNG_FILE = "rng.pt"
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 2  # 1: the earlier tagged-JSON + safetensors layout (no manifest)
-_NAME_RE = re.compile(r"^iter_(\d{6,})$")
-_TMP_PREFIX = ".tmp-"
-_OLD_PREFIX = ".old-"
 
 
 # --------------------------------------------------------------------------- plain data
@@ -166,55 +172,6 @@ def _safe_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-# --------------------------------------------------------------------------- names and discovery
-
-
-def checkpoint_dir_name(iteration: int) -> str:
-    """``iter_000042`` for iteration 42."""
-    return f"iter_{iteration:06d}"
-
-
-def _is_complete(path: Path) -> bool:
-    return (path.is_dir() and (path / COMPLETE_FILE).is_file()
-            and (path / MANIFEST_FILE).is_file())
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoint directories of ``run_dir``, oldest iteration first.
-
-    Completeness is the ``COMPLETE`` marker plus ``manifest.json``; file checksums are verified
-    when a checkpoint is loaded (or by :func:`verify_checkpoint`).
-    """
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        m = _NAME_RE.match(child.name)
-        if m and _is_complete(child):
-            found.append((int(m.group(1)), child))
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint ``checkpoints/latest`` points to, else the newest complete one, else None.
-
-    ``.tmp-*`` leftovers of an interrupted save and directories without the ``COMPLETE`` marker
-    (or ``manifest.json``) are never returned.
-    """
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return None
-    try:
-        name = (root / LATEST_FILE).read_text(encoding="utf-8").strip()
-    except (FileNotFoundError, UnicodeDecodeError):
-        name = ""
-    if _NAME_RE.match(name) and _is_complete(root / name):
-        return root / name
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
 # --------------------------------------------------------------------------- model
 
 
@@ -231,7 +188,6 @@ def _save_model(directory: Path, model: torch.nn.Module) -> None:
     if peft_model is None:
         save_model(model, str(directory / MODEL_FILE), metadata={"format": "pt"})
         return
-    from peft import get_peft_model_state_dict
 
     adapter = peft_model.active_adapter
     weights = get_peft_model_state_dict(peft_model, adapter_name=adapter)
@@ -254,7 +210,6 @@ def _load_model(directory: Path, model: torch.nn.Module) -> None:
     if not has_adapter:
         raise ValueError(f"model: checkpoint {directory} holds a full model state dict, but "
                          "model is a peft PeftModel; load it into the unwrapped model instead")
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     adapter = peft_model.active_adapter
     weights = load_file(str(directory / MODEL_FILE))
@@ -271,54 +226,6 @@ def _load_model(directory: Path, model: torch.nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------- save
-
-
-def _move_into_place(tmp: Path, final: Path) -> None:
-    root = final.parent
-    if final.exists():
-        old = root / f"{_OLD_PREFIX}{final.name}-{os.getpid()}"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-        _fsync_dir(root)
-
-
-def _write_pointer(root: Path, name: str) -> None:
-    tmp = root / f".{LATEST_FILE}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, root / LATEST_FILE)
-    _fsync_dir(root)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _prune(root: Path, keep_last: int | None, iteration: int) -> None:
-    """Delete leftovers, and complete checkpoints older than the ``keep_last - 1`` newest ones
-    before ``iteration``. Newer checkpoints (from an abandoned run) are left alone."""
-    for child in root.iterdir():
-        if child.name.startswith((_TMP_PREFIX, _OLD_PREFIX, f".{LATEST_FILE}.tmp-")):
-            _remove(child)
-    if keep_last is None:
-        return
-    older = [p for p in list_checkpoints(root.parent)
-             if int(_NAME_RE.match(p.name).group(1)) < iteration]
-    for path in older[: max(0, len(older) - (keep_last - 1))]:
-        aside = root / f"{_OLD_PREFIX}{path.name}-{os.getpid()}"
-        os.replace(path, aside)  # atomic: readers never see a half-deleted checkpoint
-        shutil.rmtree(aside, ignore_errors=True)
 
 
 def save_checkpoint(run_dir: str | Path, *, iteration: int, model: torch.nn.Module,
@@ -366,7 +273,7 @@ def save_checkpoint(run_dir: str | Path, *, iteration: int, model: torch.nn.Modu
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     name = checkpoint_dir_name(iteration)
-    tmp = root / f"{_TMP_PREFIX}{name}-{os.getpid()}"
+    tmp = root / f"{TMP_PREFIX}{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -386,12 +293,12 @@ def save_checkpoint(run_dir: str | Path, *, iteration: int, model: torch.nn.Modu
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
-        _move_into_place(tmp, root / name)
+        move_into_place(tmp, root / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_pointer(root, name)
-    _prune(root, keep_last, iteration)
+    write_pointer(root, name)
+    prune(root, keep_last, iteration)
     return root / name
 
 
@@ -400,7 +307,7 @@ def save_checkpoint(run_dir: str | Path, *, iteration: int, model: torch.nn.Modu
 
 def _resolve(path: str | Path) -> Path:
     path = Path(path)
-    if _is_complete(path):
+    if is_complete(path):
         return path
     if (path / CHECKPOINTS_DIR).is_dir():
         found = latest_checkpoint(path)

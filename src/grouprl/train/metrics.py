@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from grouprl.train.checkpoint import _fsync_dir  # one fsync helper for both atomic writers
+from grouprl.train.safe_io import fsync_dir  # one fsync helper for every atomic writer
 
 __all__ = ["MetricsLogger", "read_metrics", "ProgressBar", "METRICS_FILE"]
 
@@ -201,7 +201,7 @@ class MetricsLogger:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
-            _fsync_dir(self.run_dir)
+            fsync_dir(self.run_dir)
         self._file = self._open_append()
         if self._tb is not None:
             self._tb.close()
