@@ -11,10 +11,19 @@ import torch
 
 import grouprl.losses.objective as learner
 from grouprl.batch import Rollout, RolloutBatch
+from grouprl.losses.objective import make_objective
 from grouprl.policy import build_tiny_policy, response_logprobs
-from grouprl.train.learner import group_batches, update_policy
+from grouprl.train.learner import group_batches
+from grouprl.train.learner import update_policy as _update_policy
 
 F64 = torch.float64
+
+
+def update_policy(model, optimizer, rows, *, loss="drpo", loss_options=None, **kwargs):
+    """The learner with DRPO's objective (l_max defaults to the padded response width)."""
+    objective = make_objective(loss, loss_options, None,
+                               {"max_new_tokens": rows.response_ids.shape[1]})
+    return _update_policy(model, optimizer, rows, objective, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -123,10 +123,9 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False,
             rollout.ref_logp = batched_logprobs(ref_model, rollout, temperature=ro.temperature,
                                                 micro_batch_size=a.micro_batch_size,
                                                 context=ref_context)
-        upd = update_policy(model, optimizer, rollout, objective=objective,
-                            loss_agg=a.loss_agg, kl_coef=a.kl_coef, kl_kind=a.kl_kind,
-                            entropy_coef=a.entropy_coef, ppo_epochs=a.ppo_epochs,
-                            num_mini_batches=a.num_mini_batches,
+        upd = update_policy(model, optimizer, rollout, objective, loss_agg=a.loss_agg,
+                            kl_coef=a.kl_coef, kl_kind=a.kl_kind, entropy_coef=a.entropy_coef,
+                            ppo_epochs=a.ppo_epochs, num_mini_batches=a.num_mini_batches,
                             micro_batch_size=a.micro_batch_size, grad_clip=cfg.optim.grad_clip,
                             temperature=ro.temperature, generator=generators["shuffling"])
         t3 = time.perf_counter()

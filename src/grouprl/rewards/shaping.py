@@ -320,6 +320,8 @@ class RewardShaper:
 
     name: ClassVar[str] = "none"
     options_type: ClassVar[type] = NoneOptions
+    needs_well_formed: ClassVar[bool] = False
+    """The shaper reads ``ShapingContext.well_formed`` (the format check; LASER family)."""
 
     def __init__(self, options: Any = None) -> None:
         self.options = self.options_type() if options is None else options
@@ -425,6 +427,7 @@ class HapoShaper(RewardShaper):
 
 
 class LaserShaper(RewardShaper):
+    needs_well_formed = True
     name = "laser"
     options_type = LaserOptions
 
@@ -447,6 +450,7 @@ class LaserDShaper(RewardShaper):
     uses the longest response of the batch being shaped.
     """
 
+    needs_well_formed = True
     name = "laser_d"
     options_type = LaserDOptions
     BUCKETS: ClassVar[tuple[str, ...]] = ("easy", "medium", "hard")

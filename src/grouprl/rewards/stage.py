@@ -127,9 +127,8 @@ class RewardStage:
                              "set env.max_steps=1 and use a one-step env such as 'reasoning'")
         keys = _extra(rollout, "key")
         keys = [k if k is not None else int(s) for k, s in zip(keys, torch.as_tensor(b.state))]
-        needs_format = self.shaper.name in ("laser", "laser_d", "laser_de")
         well_formed = None
-        if needs_format:
+        if self.shaper.needs_well_formed:
             style = "r1_zero" if self.format_style == "tag_count" else self.format_style
             well_formed = torch.tensor([format_check(t, style, strict=False).ok
                                         for t in rollout.responses], dtype=torch.bool)

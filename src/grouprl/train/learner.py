@@ -27,7 +27,7 @@ import torch
 
 from grouprl.batch import Rollout
 from grouprl.losses import aggregate, kl_penalty, normalizer_counts
-from grouprl.losses.objective import make_objective, masked_kl_sum
+from grouprl.losses.objective import masked_kl_sum
 from grouprl.policy import response_logprobs
 
 __all__ = ["update_policy", "batched_logprobs", "micro_slices", "row_batches", "group_batches",
@@ -187,25 +187,22 @@ class _Averages:
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
 
 
-def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows: Rollout, *,
-                  objective: Any = None, loss: str = "ppo", loss_options: dict | None = None,
-                  loss_agg: str | None = None, kl_coef: float = 0.0, kl_kind: str = "k3",
+def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows: Rollout,
+                  objective: Any, *, loss_agg: str | None = None, kl_coef: float = 0.0,
+                  kl_kind: str = "k3",
                   entropy_coef: float = 0.0, ppo_epochs: int = 1, num_mini_batches: int = 1,
                   micro_batch_size: int = 64, grad_clip: float | None = 1.0,
                   temperature: float = 1.0, generator: torch.Generator | None = None,
                   log_entropy: bool = True) -> dict[str, float]:
     """Run the PPO-style update on ``rows`` and return averaged metrics.
 
-    ``objective`` (:func:`grouprl.losses.objective.make_objective`) defaults to the one of
-    ``loss``/``loss_options``/``loss_agg`` (a sequence loss's ``l_max`` then defaults to the
-    padded response width). ``rows.old_logp`` None means on-policy with a single optimizer step
+    ``objective`` (:func:`grouprl.losses.objective.make_objective`) is the loss term and its
+    declarations (batching, per-row columns, mini-batch KL); ``loss_agg`` aggregates the KL and
+    entropy terms. ``rows.old_logp`` None means on-policy with a single optimizer step
     (``ppo_epochs == 1`` and one mini-batch): the ratio's denominator is then ``ℓ^θ`` itself,
     detached (verl's recomputed ``old_log_prob`` for that case, without the extra forward).
     """
     n = len(rows)
-    if objective is None:
-        objective = make_objective(loss, loss_options, loss_agg,
-                                   {"max_new_tokens": rows.response_ids.shape[1]})
     for name in objective.row_inputs:
         value = rows.column(name) if n else None
         if value is not None and value.shape[0] != n:
