@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from grouprl.workers import CallResult, WorkerPool, WorkerStartError
+from testing_utils import alive
 
 # -- worker-side helpers (module level: spawned workers import this module to unpickle them) --
 
@@ -53,15 +54,6 @@ def finalize(state: dict) -> None:
 
 
 STATS0 = {"calls": 0, "failures": 0, "timeouts": 0, "crashes": 0, "restarts": 0}
-
-
-def alive(pid: int) -> bool:
-    """The process exists (a zombie, i.e. an unreaped child, counts as existing)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def pool_of(n: int, tag: str = "A", marker_dir: str | None = None, **kw) -> WorkerPool:

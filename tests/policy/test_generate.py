@@ -3,30 +3,19 @@ stop strings, truncation, determinism, chunking."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
 from grouprl.policy import Generation, build_tiny_policy, generate, response_logprobs
+from testing_utils import sokoban_corpus
 
 ACTION_TOKENS = ("<action>", "</action>")
 
 
-def _corpus(n: int = 120) -> list[str]:
-    rng = random.Random(0)
-    rows = []
-    for _ in range(n):
-        grid = "\n".join("".join(rng.choice("#_OX√PS") for _ in range(6)) for _ in range(5))
-        move = rng.choice(["up", "down", "left", "right"])
-        rows.append(f"You are playing Sokoban.\n{grid}\nMove: <action>{move}</action>")
-    return rows
-
-
 @pytest.fixture(scope="module")
 def policy():
-    model, tok = build_tiny_policy(_corpus(), vocab_size=400, special_tokens=ACTION_TOKENS,
-                                   seed=0)
+    model, tok = build_tiny_policy(sokoban_corpus(120, seed=0, rows=5, cols=6), vocab_size=400,
+                                   special_tokens=ACTION_TOKENS, seed=0)
     model.eval()
     return model, tok
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-import random
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,21 +15,12 @@ import torch
 
 from grouprl.policy import build_tiny_policy, generate, left_pad, response_logprobs
 from grouprl.policy.generate import _cache_keyword
-
-
-def _corpus(n: int = 60) -> list[str]:
-    rng = random.Random(1)
-    rows = []
-    for _ in range(n):
-        grid = "\n".join("".join(rng.choice("#_OX√PS") for _ in range(5)) for _ in range(4))
-        move = rng.choice(["up", "down", "left", "right"])
-        rows.append(f"You are playing Sokoban.\n{grid}\nMove: <action>{move}</action>")
-    return rows
+from testing_utils import sokoban_corpus
 
 
 @pytest.fixture(scope="module")
 def policy():
-    model, tok = build_tiny_policy(_corpus(), vocab_size=300,
+    model, tok = build_tiny_policy(sokoban_corpus(60, seed=1, rows=4, cols=5), vocab_size=300,
                                    special_tokens=("<action>", "</action>"), seed=0)
     model.eval()
     return model, tok

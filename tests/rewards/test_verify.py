@@ -18,6 +18,7 @@ from grouprl.rewards.verify import (
     builtin_equal,
     verify_answer,
 )
+from testing_utils import alive
 
 # find_spec, not an import: worker processes import this module to unpickle ``flaky_check``
 needs_mv = pytest.mark.skipif(importlib.util.find_spec("math_verify") is None,
@@ -333,14 +334,6 @@ def test_pickled_verifier_drops_workers_and_restarts(flaky_pool):
         assert len(pids) == 2 and all(alive(p) for p in pids)
         assert copy._pool is not flaky_pool._pool and not set(pids) & set(flaky_pool._pool.pids)
     assert copy._pool is None and not any(alive(p) for p in pids)  # reaped: no zombie either
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @needs_mv

@@ -44,7 +44,7 @@ from grouprl.train.config_schema import (
 
 __all__ = [
     "ConfigError", "TrainConfig", "load_config", "build_config", "config_to_dict",
-    "parse_overrides", "parse_override", "apply_overrides", "assign", "config_keys",
+    "parse_overrides", "parse_override", "apply_overrides", "assign", "override", "config_keys",
     "format_keys", "config_reference", "dump_config",
     "ModelConfig", "EnvConfig", "AgentConfig", "RolloutConfig", "AlgorithmConfig",
     "RewardConfig", "PreferenceConfig", "OptimConfig", "BCConfig", "EvalConfig", "LoggingConfig",
@@ -246,12 +246,17 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mappi
             raise ConfigError(f"{p}: top level must be a mapping of keys")
         build_config(apply_overrides(data, loaded, merge_leaf_dicts=False))  # the file's keys
         data = apply_overrides(data, loaded, merge_leaf_dicts=False)
+    return build_config(override(data, overrides))
+
+
+def override(data: dict[str, Any], overrides: Sequence[str] | Mapping) -> dict[str, Any]:
+    """``data`` with overrides: ``key=value`` strings assigned one by one (module docstring), or
+    a nested mapping deep-merged."""
     if isinstance(overrides, Mapping):
-        data = apply_overrides(data, overrides)
-    else:
-        for item in overrides:
-            assign(data, *parse_override(item))
-    return build_config(data)
+        return apply_overrides(data, overrides)
+    for item in overrides:
+        assign(data, *parse_override(item))
+    return data
 
 
 def _show(value: Any) -> str:

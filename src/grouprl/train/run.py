@@ -13,10 +13,8 @@ from grouprl.train.checkpoint import latest_checkpoint, load_checkpoint
 from grouprl.train.config import (
     ConfigError,
     TrainConfig,
-    apply_overrides,
-    assign,
     build_config,
-    parse_override,
+    override,
 )
 from grouprl.train.setup import apply_lora_config, load_or_build_policy, resolve_device
 from grouprl.train.warm_start import env_corpus
@@ -29,13 +27,7 @@ def load_run_config(run_dir: str | Path, overrides: Any = ()) -> TrainConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"run_dir: {str(run_dir)!r} holds no config.json (not a grouprl run)")
-    data = json.loads(path.read_text())
-    if isinstance(overrides, dict):
-        data = apply_overrides(data, overrides)
-    else:
-        for item in overrides:
-            assign(data, *parse_override(item))
-    return build_config(data)
+    return build_config(override(json.loads(path.read_text()), overrides))
 
 
 def load_trained_policy(run_dir: str | Path, checkpoint: str | Path | None = None
