@@ -292,7 +292,6 @@ def test_resume_before_the_first_checkpoint_restarts_cleanly(tmp_path, pairs_fil
     assert no_timing(again.metrics) == first  # one step-0 evaluation, same steps
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
 def test_non_finite_loss_skips_the_step_and_is_counted(tmp_path, pairs_file, monkeypatch):
     import grouprl.train.pairs as pref
 

@@ -4,7 +4,8 @@ reference; HGPO on LoRA), reasoning RL with shapers (GRPO-λ, DLER with dynamic 
 oversampling and truncation, LASER-D's monitor, CANON on entropy), DRPO, and preference (DPO).
 
 ``golden_metrics.json`` was recorded with the pre-restructure code on CPU (``threads=1``); every
-logged metric except wall-clock timings must match. Re-record (only when a change is *meant* to
+metric it holds (all but wall-clock timings) must be logged again with the same value (metrics
+added later, e.g. new fault counters, are allowed). Re-record (only when a change is *meant* to
 alter training numbers, and say so in the commit) with::
 
     python tests/train/test_recipe_equivalence.py --record
@@ -87,7 +88,7 @@ def test_recipe_reproduces_pre_restructure_metrics(tmp_path, name):
     rows = run_recipe(name, tmp_path / "run")
     assert len(rows) == len(golden), (len(rows), len(golden))
     for i, (got, want) in enumerate(zip(rows, golden)):
-        assert sorted(got) == sorted(want), (i, sorted(set(got) ^ set(want)))
+        assert set(want) <= set(got), (i, sorted(set(want) - set(got)))   # none lost
         bad = {k: (got[k], want[k]) for k in want if not _same(got[k], want[k])}
         assert not bad, (i, bad)
 

@@ -8,7 +8,9 @@ parsed, and every environment steps. Each agent step becomes one training row.
 
 Rows are returned environment-major and time-ascending, with explicit ``step`` indices. Rows after
 ``done`` are never produced (verl's ``active_masks``). A trajectory whose environment crashed or
-timed out is dropped entirely and counted in ``env/failed_trajectories``.
+timed out is dropped entirely and counted in ``failed_trajectories``; one whose env returned a
+non-finite reward (NaN, ±inf) is ended there, dropped the same way and counted in
+``nonfinite_reward_trajectories`` — it never reaches an estimator.
 
 Row columns (see :class:`grouprl.batch.RolloutBatch`): ``group_id`` (task index + offset),
 ``traj_id`` (global episode index), ``step``, ``reward`` (the env reward of that step), ``state``
@@ -20,6 +22,7 @@ differs under Sokoban's shaped rewards; spec §4.4 / open question 7).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -98,6 +101,7 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
     done = [False] * num_envs
     failed = [False] * num_envs
     won = [False] * num_envs
+    nonfinite = [False] * num_envs
 
     rec_env: list[int] = []
     rec_step: list[int] = []
@@ -144,7 +148,9 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
             rec_truncated.append(bool(truncated[j]))
             rec_extra.append(None if res.failed else res.extra)
             rec_invalid.append(bool(truncated[j] or not parsed[j].valid or not res.valid))
-            if res.failed:
+            if not res.failed and not math.isfinite(float(res.reward)):
+                nonfinite[i] = True
+            if res.failed or nonfinite[i]:
                 failed[i] = done[i] = True
                 rec_reward.append(0.0)
                 rec_next.append(anchor[i])
@@ -201,7 +207,8 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
     ep_length = torch.bincount(envs_kept, minlength=num_envs)[kept_t]
     ep_won = torch.tensor(won, dtype=torch.bool)[kept_t]
     metrics = {"truncated_generations": float(truncated_generations),
-               "failed_trajectories": float(sum(failed))}
+               "failed_trajectories": float(sum(failed) - sum(nonfinite)),
+               "nonfinite_reward_trajectories": float(sum(nonfinite))}
     metrics.update(episode_metrics(ep_return, ep_length, ep_won,
                                     torch.as_tensor(batch.invalid)))
     return Rollout(batch=batch, prompt_ids=prompt_ids, prompt_mask=prompt_mask,

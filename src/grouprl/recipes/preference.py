@@ -56,6 +56,7 @@ from grouprl.train.setup import (
     prepare_run_dir,
     resolve_device,
     seed_everything,
+    step_schedule,
     stop_on_signal,
 )
 from grouprl.train.warm_start import pairs_corpus, sft_on_chosen
@@ -165,7 +166,7 @@ def train_preference(cfg: TrainConfig, *, resume: bool = False,
                     metrics = preference_step(model, optimizer, params, train_data, idx,
                                               ref_train, loss, opts, pc.micro_batch_size,
                                               cfg.optim.grad_clip)
-                    scheduler.step()
+                    step_schedule(scheduler)
                     step += 1
                     counters["skipped_updates"] += int(metrics["train/skipped_updates"])
                     metrics["train/skipped_updates_total"] = float(counters["skipped_updates"])

@@ -46,13 +46,16 @@ from grouprl.train.setup import (
     prepare_run_dir,
     resolve_device,
     seed_everything,
+    step_schedule,
     stop_on_signal,
 )
 from grouprl.train.warm_start import behaviour_cloning, env_corpus
 
 __all__ = ["train_rl"]
 
-COUNTERS = ("skipped_updates", "failed_trajectories", "truncated_generations")
+COUNTERS = ("skipped_updates", "failed_trajectories", "nonfinite_reward_trajectories",
+            "truncated_generations", "empty_batches")
+"""Per-iteration counts (``train/<name>``) whose run totals are logged (``train/<name>_total``)."""
 
 
 def train_rl(cfg: TrainConfig, *, resume: bool = False,
@@ -143,12 +146,12 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False,
         with stop_on_signal(stop):
             for it in range(start, cfg.iterations):
                 metrics = iteration(it)
-                scheduler.step()
+                step_schedule(scheduler)
                 for k in COUNTERS:
                     counters[k] += int(metrics.get(f"train/{k}", 0))
                 counters["env_steps"] += int(metrics.get("train/rows", 0))
-                metrics["train/env_steps_total"] = float(counters["env_steps"])
-                metrics["train/skipped_updates_total"] = float(counters["skipped_updates"])
+                metrics.update({f"train/{k}_total": float(counters[k])
+                                for k in (*COUNTERS, "env_steps")})
                 metrics["env/failures_total"] = float(sampler.env_failures)
                 done = it + 1
                 if (ev.every and done % ev.every == 0) or done == cfg.iterations:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from grouprl.batch import Rollout
+from grouprl.batch import Rollout, select_rows
 from grouprl.rewards.format import format_check, format_reward
 from grouprl.rewards.length import dot_truncation_lengths
 from grouprl.rewards.shaping import RewardShaper, ShapingContext, make_shaper, shaper_class
@@ -208,6 +208,11 @@ class RewardStage:
                                     success=correct.to(torch.as_tensor(b.success).dtype))
         out = dataclasses.replace(rollout, batch=batch, episode_return=reward.to(torch.float32),
                                   episode_won=correct)
+        finite = torch.isfinite(reward)
+        if not bool(finite.all()):          # a shaper's NaN/inf: drop those rows, never train on it
+            metrics["reward/nonfinite_dropped"] = float((~finite).sum())
+            metrics["train/reward_mean"] = float(reward[finite].mean()) if finite.any() else 0.0
+            out = select_rows(out, finite, finite)   # single-turn: episode i is row i
         return out, metrics
 
     def update_targets(self, rollout: Rollout, iteration: int) -> dict[str, float]:

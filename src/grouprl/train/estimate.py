@@ -77,7 +77,7 @@ class AdvantageStage:
                "train/advantage_abs": float(adv.abs().mean()) if some else 0.0,
                "train/advantage_nonzero": float((adv != 0).double().mean()) if some else 0.0,
                "train/response_tokens": float(rollout.response_mask.sum())}
-        if rollout.batch.state is not None:
+        if rollout.batch.state is not None and len(rollout):
             depth = self.options.get("history_length", self.cfg.agent.history_length)
             out.update({f"group/{k}": v for k, v in grouping_stats(rollout.batch, depth).items()})
         return out

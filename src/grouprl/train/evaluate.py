@@ -83,7 +83,8 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: Any, *, env_name: str, en
             pool.close()
     m = rollout.metrics
     metrics = {f"eval/{k}": m[k] for k in ("success_rate", "episode_return", "episode_length",
-                                           "invalid_rate", "failed_trajectories")}
+                                           "invalid_rate", "failed_trajectories",
+                                           "nonfinite_reward_trajectories")}
     metrics.update(response_length_metrics(rollout, prefix="eval/"))
     return metrics, rollout
 

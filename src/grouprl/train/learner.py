@@ -207,8 +207,9 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
         value = rows.column(name) if n else None
         if value is not None and value.shape[0] != n:
             raise ValueError(f"rows.{name}: must have {n} rows, got {tuple(value.shape)}")
-    if n == 0:
-        return {"train/skipped_updates": 0.0, "actor/updates": 0.0}
+    if n == 0:                      # nothing left to learn from (every trajectory dropped)
+        return {"train/skipped_updates": 0.0, "train/empty_batches": 1.0, "actor/updates": 0.0,
+                "actor/lr": float(optimizer.param_groups[0]["lr"])}
     if rows.old_logp is None and (ppo_epochs > 1 or num_mini_batches > 1):
         raise ValueError("rows.old_logp: required when ppo_epochs > 1 or num_mini_batches > 1 "
                          "(compute it with batched_logprobs before the update)")

@@ -17,6 +17,7 @@ import math
 import random
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from grouprl.train.config import ConfigError, TrainConfig, config_to_dict
 __all__ = ["WARM_START_DIR", "BASE_MODEL_DIR", "TrainResult", "prepare_run_dir",
            "seed_everything", "resolve_device", "StopRequest", "stop_on_signal",
            "TinyCorpus", "load_or_build_policy", "attach_lora_and_reference", "lr_lambda",
-           "make_optimizer", "default_echo"]
+           "make_optimizer", "default_echo", "step_schedule"]
 
 WARM_START_DIR = "warm_start"
 BASE_MODEL_DIR = "base_model"
@@ -215,3 +216,13 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module, total_steps: int
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, o.warmup_iterations, o.schedule))
     return optimizer, scheduler
+
+
+def step_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Advance the LR schedule one iteration/step. The schedule follows iterations, not optimizer
+    steps, so an iteration whose updates were all skipped (non-finite, or nothing to learn from)
+    still advances it; torch's warning about stepping before ``optimizer.step()`` is expected
+    then and silenced here only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+        scheduler.step()
