@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -32,13 +33,13 @@ def test_bad_option_exits_2_with_message(capsys):
     assert "alpha: must be a number, got 'oops'" in capsys.readouterr().err
 
 
-def test_column_missing_in_some_rows(tmp_path):
+def test_column_missing_in_some_rows(tmp_path, capsys):
     path = tmp_path / "rows.jsonl"
     rows = [dict(r) for r in EXAMPLE_ROWS]
     del rows[3]["state"]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    with pytest.raises(ValueError, match="state: missing in row 3"):
-        main(["advantages", str(path)])
+    assert main(["advantages", str(path)]) == 2
+    assert "state: missing in row 3" in capsys.readouterr().err
 
 
 def test_eval_refuses_a_preference_run(tmp_path, capsys):
@@ -86,3 +87,25 @@ def test_advantages_options_use_the_config_grammar(capsys):
     assert main(["advantages", "-e", "hgpo", "-o", "history_length=2", "-o",
                  "compat=reference", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["hgpo"]) == len(EXAMPLE_ROWS)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    ("", "no rows"),
+    ('{"group_id": 1, "traj_id": 1, "step": 0, "reward": 1.0}\n{oops}\n', r":2: not a JSON object"),
+    ("[1, 2]\n", ":1: expected a JSON object per line"),
+    ('{"traj_id": 1, "step": 0, "reward": 1.0}\n', "group_id: required in every row"),
+    ('{"group_id": 1, "step": 0, "reward": 1.0}\n', "traj_id: required in every row"),
+    (b'{"group_id": 1, "traj_id": 1, "step": 0, "reward": 1.0}\n{"x": "\xff"}\n',
+     ":2: not UTF-8 text"),
+])
+def test_bad_rollout_files_exit_2_naming_file_line_and_field(tmp_path, capsys, content,
+                                                             message):
+    path = tmp_path / "rows.jsonl"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    assert main(["advantages", str(path), "-e", "grpo"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err

@@ -49,10 +49,51 @@ EXAMPLE_ROWS: list[dict[str, Any]] = [
 ]
 
 
+REQUIRED_COLUMNS = ("group_id", "traj_id", "step", "reward")
+
+
+def read_rollout_file(path: Path) -> list[dict[str, Any]]:
+    """The row objects of a JSON Lines rollout file; ``ValueError`` naming file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except UnicodeDecodeError as err:
+        line = text_line(path.read_bytes(), err.start)
+        raise ValueError(f"{path}:{line}: not UTF-8 text ({err.reason})") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not a JSON object ({err.msg}, column "
+                             f"{err.colno})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object per line, got "
+                             f"{type(row).__name__}")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no rows (one JSON object per line, with "
+                         f"{', '.join(REQUIRED_COLUMNS)})")
+    return rows
+
+
+def text_line(data: bytes, offset: int) -> int:
+    """1-based line number of byte ``offset`` in ``data``."""
+    return data.count(b"\n", 0, offset) + 1
+
+
 def rows_to_batch(rows: list[dict[str, Any]]) -> RolloutBatch:
     """Columns from a list of row dicts; observations get exact shared ids."""
     if not rows:
         raise ValueError("rollout file: no rows")
+    for name in REQUIRED_COLUMNS:
+        if all(name not in r for r in rows):
+            raise ValueError(f"{name}: required in every row (a rollout row needs "
+                             f"{', '.join(REQUIRED_COLUMNS)}; optional: state, next_state, "
+                             "success, invalid, agent_id)")
 
     def column(name: str) -> list[Any] | None:
         present = [name in r for r in rows]
@@ -89,18 +130,17 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
 
 def _advantages(args: argparse.Namespace) -> int:
-    if args.input:
-        path = Path(args.input)
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    else:
-        rows = EXAMPLE_ROWS
-        print("built-in example: spec-agentic-credit §4.6 (rows A0 A1 A2 B0 B1 B2 C0 C1)",
-              file=sys.stderr if args.json else sys.stdout)
-    batch = rows_to_batch(rows)
     options = dict(_parse_option(o) for o in args.option)
     # estimators that need per-row tensors (canon's metric) only run when named with -e
     names = args.estimator or [n for n in available_estimators() if n not in ROW_OPTION_ESTIMATORS]
     try:
+        if args.input:
+            rows = read_rollout_file(Path(args.input))
+        else:
+            rows = EXAMPLE_ROWS
+            print("built-in example: spec-agentic-credit §4.6 (rows A0 A1 A2 B0 B1 B2 C0 C1)",
+                  file=sys.stderr if args.json else sys.stdout)
+        batch = rows_to_batch(rows)
         results = {n: compute_advantages(n, batch, **options).tolist() for n in names}
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
