@@ -35,6 +35,7 @@ from grouprl.train.config import TrainConfig, config_reference, dump_config, for
 from grouprl.train.evaluate import evaluate_run
 from grouprl.train.pair_data import validate_preference_config
 from grouprl.train.plot import plot_run
+from grouprl.train.run import resume_config
 
 # Spec-agentic-credit §4.6: three trajectories of one task (A succeeds via s0→s1→s2, B fails with
 # an invalid action at s1, C succeeds via the shortcut s0→s4).
@@ -202,10 +203,12 @@ def _train(args: argparse.Namespace) -> int:
             if config is not None:
                 raise ConfigError("--resume continues a run with its saved config; pass only "
                                   "key=value overrides, not a config file")
-            cfg = load_run_config(args.resume, [*overrides, f"run_dir={args.resume}"])
+            cfg = resume_config(args.resume, overrides, force=args.force)
         else:
+            if args.force:
+                raise ConfigError("--force: only applies with --resume RUN_DIR")
             cfg = load_config(config, overrides)
-        result = train(cfg, resume=bool(args.resume))
+        result = train(cfg, resume=bool(args.resume), force=args.force)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
@@ -263,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("args", nargs="*", metavar="CONFIG|key=value",
                     help="an optional YAML recipe, then overrides like rollout.group_size=4")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
+    tr.add_argument("--force", action="store_true",
+                    help="with --resume: accept overrides of keys a resume may not change (the "
+                         "error lists them); the change is recorded in RUN_DIR/config.json")
     tr.set_defaults(func=_train)
     cf = sub.add_parser("config", help="print the resolved config of a recipe plus overrides",
                         description="grouprl config [CONFIG.yaml] [key=value ...]: the config "

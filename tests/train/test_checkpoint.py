@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 
 import grouprl.train.checkpoint as ckpt_mod
+from grouprl.train import ConfigError
 from grouprl.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -28,6 +29,7 @@ from grouprl.train.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
+from grouprl.train.resume import resume_checkpoint
 
 K, N = 3, 6  # save after K steps, train to N
 
@@ -475,6 +477,127 @@ def test_legacy_checkpoint_is_refused_with_a_clear_error(tmp_path):
     assert latest_checkpoint(tmp_path) is None
     with pytest.raises(CheckpointError, match="older grouprl .*format_version 1"):
         load_checkpoint(legacy, model=TinyNet())
+
+
+# --------------------------------------------------------------------------- resume: fallback
+
+
+def _flip(path: Path) -> None:
+    data = path.read_bytes()
+    i = len(data) // 2
+    path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:])
+
+
+def _three_checkpoints(tmp_path: Path) -> dict[int, dict[str, torch.Tensor]]:
+    """Checkpoints at iterations 1, 2, 3 (a step between each); their weights by iteration."""
+    model = TinyNet()
+    opt, sched = _optim(model)
+    gen = torch.Generator().manual_seed(0)
+    weights = {}
+    for it in (1, 2, 3):
+        _step(model, opt, sched, gen)
+        save_checkpoint(tmp_path, iteration=it, model=model, optimizer=opt, scheduler=sched,
+                        generators={"data": gen}, keep_last=None,
+                        metrics=[f'{{"iteration": {i}, "loss": {i}}}\n' for i in range(it + 1)])
+        weights[it] = _params(model)
+    return weights
+
+
+def _resume(tmp_path: Path, said: list[str]):
+    fresh = TinyNet()
+    opt, sched = _optim(fresh)
+    info = resume_checkpoint(tmp_path, model=fresh, optimizer=opt, scheduler=sched,
+                             generators={"data": torch.Generator()}, echo=said.append)
+    return info, _params(fresh)
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_intact_one(tmp_path):
+    weights = _three_checkpoints(tmp_path)
+    root = tmp_path / "checkpoints"
+    said: list[str] = []
+    info, params = _resume(tmp_path, said)
+    assert info["iteration"] == 3 and said == []
+    _assert_bitwise(params, weights[3])
+    assert info["metrics"] == [f'{{"iteration": {i}, "loss": {i}}}\n' for i in range(4)]
+
+    _flip(root / "iter_000003" / "model.safetensors")  # flipped weight bytes
+    info, params = _resume(tmp_path, said)
+    assert info["iteration"] == 2 and info["path"] == root / "iter_000002"
+    _assert_bitwise(params, weights[2])
+    assert len(said) == 1 and "iter_000003" in said[0]
+    assert str(root / "iter_000003" / "model.safetensors") in said[0]
+    assert "corrupted or modified" in said[0] and "falling back to iter_000002" in said[0]
+
+    said.clear()
+    (root / "iter_000002" / "optimizer.pt").write_bytes(b"")  # an empty file
+    info, params = _resume(tmp_path, said)
+    assert info["iteration"] == 1
+    _assert_bitwise(params, weights[1])
+    assert str(root / "iter_000002" / "optimizer.pt") in said[1] and "0 bytes" in said[1]
+
+    said.clear()
+    (root / "iter_000001" / "manifest.json").unlink()  # not even a manifest left
+    info, _ = _resume(tmp_path, said)
+    assert info is None
+    assert "manifest.json is missing" in said[2]
+    assert "no intact checkpoint" in said[-1] and "restarts from iteration 0" in said[-1]
+
+
+def test_checkpoints_newer_than_latest_are_never_resumed(tmp_path):
+    weights = _three_checkpoints(tmp_path)
+    root = tmp_path / "checkpoints"
+    (root / "latest").write_text("iter_000002\n")  # 3 is an abandoned branch
+    _flip(root / "iter_000002" / "rng.pt")
+    said: list[str] = []
+    info, params = _resume(tmp_path, said)
+    assert info["iteration"] == 1 and "iter_000002" in said[0]
+    _assert_bitwise(params, weights[1])
+
+
+def test_an_old_format_checkpoint_is_refused_not_skipped(tmp_path):
+    legacy = tmp_path / "checkpoints" / "iter_000004"
+    legacy.mkdir(parents=True)
+    (legacy / "COMPLETE").write_text("4\n")
+    (legacy / "state.json").write_text('{"iteration": 4, "state": {}}')
+    with pytest.raises(ConfigError, match=r"iter_000004 was written by an older grouprl "
+                                          r"\(checkpoint format 1, without manifest.json\)"):
+        _resume(tmp_path, [])
+    # older than the newest intact checkpoint: not in the way
+    _three_checkpoints(tmp_path / "b")
+    old = tmp_path / "b" / "checkpoints" / "iter_000000"
+    old.mkdir()
+    (old / "COMPLETE").write_text("0\n")
+    (old / "state.json").write_text("{}")
+    assert _resume(tmp_path / "b", [])[0]["iteration"] == 3
+
+
+def test_a_generator_saved_on_another_device_type_is_refused_clearly(tmp_path):
+    model = TinyNet()
+    path = save_checkpoint(tmp_path, iteration=1, model=model,
+                           generators={"sampling": torch.Generator().manual_seed(0)})
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    rng["generators"]["sampling"]["device"] = "cuda:0"  # as if saved by a run on a GPU
+    _tamper(path, "rng.pt", rng)
+    with pytest.raises(ValueError, match=r"generators\['sampling'\]: checkpoint .* holds the "
+                                         r"state of a cuda:0 generator, got one on cpu"):
+        load_checkpoint(path, model=model, generators={"sampling": torch.Generator()})
+
+
+def test_metrics_lines_are_saved_checked_and_returned(tmp_path):
+    model = TinyNet()
+    lines = ['{"iteration": 0, "eval/success_rate": 0.5}\n', '{"iteration": 1, "loss": 2}\n']
+    path = save_checkpoint(tmp_path, iteration=1, model=model, metrics=lines)
+    assert (path / "metrics.jsonl").read_text() == "".join(lines)
+    assert "metrics.jsonl" in json.loads((path / "manifest.json").read_text())["files"]
+    assert load_checkpoint(path, model=model)["metrics"] == lines
+    assert load_checkpoint(save_checkpoint(tmp_path, iteration=2, model=model),
+                           model=model)["metrics"] is None
+    _flip(path / "metrics.jsonl")
+    with pytest.raises(CheckpointError, match=r"metrics\.jsonl: corrupted or modified"):
+        load_checkpoint(path, model=model)
+    for bad in ("not a line", ['{"iteration": 1}'], ["a\nb\n"]):
+        with pytest.raises((TypeError, ValueError), match="metrics"):
+            save_checkpoint(tmp_path, iteration=3, model=model, metrics=bad)
 
 
 # --------------------------------------------------------------------------- no unpickling

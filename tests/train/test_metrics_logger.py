@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -77,21 +78,80 @@ def test_truncate_after_makes_resumed_log_equal_uninterrupted(tmp_path):
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["metrics.jsonl"]
 
 
-def test_partial_last_line_from_a_crash_is_skipped(tmp_path):
+def test_torn_last_line_from_a_crash_is_dropped_with_a_warning(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"iteration": 1, "a": 1.0}\n{"iteration": 2, "a"')
-    logger = MetricsLogger(tmp_path)
+    with pytest.warns(UserWarning, match="dropped a torn last line"):
+        logger = MetricsLogger(tmp_path)
     logger.log(2, {"a": 2.0})
     logger.close()
+    assert path.read_text() == '{"iteration": 1, "a": 1.0}\n{"iteration": 2, "a": 2.0}\n'
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing malformed is left
+        assert [r["iteration"] for r in read_metrics(tmp_path)] == [1, 2]
+    # a malformed line inside the file (a hand edit) is skipped with a warning, and dropped by
+    # the next rewrite
+    path.write_text('{"iteration": 1, "a": 1.0}\nnot json\n{"iteration": 2, "a": 2.0}\n')
     with pytest.warns(UserWarning, match="malformed"):
         assert [r["iteration"] for r in read_metrics(tmp_path)] == [1, 2]
-    logger = MetricsLogger(tmp_path)
     with pytest.warns(UserWarning, match="malformed"):
-        logger.truncate_after(1)
+        logger = MetricsLogger(tmp_path)
+    assert logger.truncate_after(1) == [{"iteration": 1, "a": 1.0}]
     logger.close()
     assert path.read_text() == '{"iteration": 1, "a": 1.0}\n'
     with pytest.raises(FileNotFoundError, match="run_dir"):
         read_metrics(tmp_path / "missing")
+
+
+def test_each_record_is_one_write_of_a_whole_line(tmp_path, monkeypatch):
+    """A crash can cut the file only between lines or inside the last one (dropped on open)."""
+    import grouprl.train.metrics as metrics_mod
+
+    writes: list[bytes] = []
+    real = metrics_mod.os.write
+
+    def spy(fd, data):
+        writes.append(bytes(data))
+        return real(fd, data)
+
+    with MetricsLogger(tmp_path) as logger:
+        monkeypatch.setattr(metrics_mod.os, "write", spy)
+        big = {f"k{i}": float(i) for i in range(2000)}  # ~20 KB: more than a stdio buffer
+        logger.log(1, big)
+        logger.log(2, {"a": 1.0})
+        monkeypatch.undo()
+    assert len(writes) == 2 and all(w.endswith(b"\n") and w.count(b"\n") == 1 for w in writes)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == b"".join(writes)
+    assert logger.lines() == [w.decode() for w in writes]
+
+
+def test_restore_recreates_a_lost_or_damaged_history_from_the_saved_lines(tmp_path):
+    with MetricsLogger(tmp_path) as logger:
+        for it in range(4):
+            logger.log(it, {"loss": 1.0 / (it + 1)})
+        saved = logger.lines()[:3]  # what a checkpoint at iteration 2 holds
+    path = tmp_path / "metrics.jsonl"
+    full = path.read_text()
+    # intact file: no problem reported; the records after the checkpoint are dropped
+    with MetricsLogger(tmp_path) as logger:
+        assert logger.restore(2, saved) is None
+    assert path.read_text() == "".join(saved)
+    # deleted: recreated
+    path.unlink()
+    with MetricsLogger(tmp_path) as logger:
+        assert logger.restore(2, saved) == f"{path} was missing"
+    assert path.read_text() == "".join(saved)
+    # truncated (a row lost) or edited: rewritten from the saved copy
+    path.write_text(full.splitlines(keepends=True)[0])
+    with MetricsLogger(tmp_path) as logger:
+        assert "held 1 records up to iteration 2, the checkpoint's copy 3" in \
+            logger.restore(2, saved)
+        logger.log(3, {"loss": 0.25})
+    assert path.read_text() == full
+    path.write_text(full.replace("0.5", "0.75"))
+    with MetricsLogger(tmp_path) as logger:
+        assert "contents differ" in logger.restore(2, saved)
+    assert path.read_text() == "".join(saved)
 
 
 def test_missing_optional_packages_raise_one_line_import_error(tmp_path, monkeypatch):

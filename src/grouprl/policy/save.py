@@ -15,10 +15,17 @@ duration of a ``with`` block only:
 
 Either way the state is process-wide while the block runs: a transformers bar started by another
 thread is hidden too. grouprl saves from the main thread (rank 0), so this only affects the save.
+
+Crash safety (:func:`save_policy`): every written file is fsynced; a directory that does not
+exist yet is written into a temp folder beside it (``.tmp-<name>-<pid>``) and renamed into place,
+so a crash never leaves a half-written model at that path. (A run's ``warm_start`` and
+``base_model`` also carry a checksum manifest: :mod:`grouprl.train.saved_model`.)
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,13 +68,48 @@ def no_progress_bars() -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder entry to disk (a no-op where that is unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _stamps(root: Path) -> dict[Path, tuple[int, int]]:
+    return {p: (st.st_mtime_ns, st.st_size) for p in root.rglob("*")
+            if (st := p.stat()) and p.is_file()}
+
+
+def _write(model: Any, tokenizer: Any, out: Path, kwargs: dict[str, Any]) -> None:
+    """Save into ``out``; fsync the files the save wrote (not the folder's other files), then
+    the folders, deepest first."""
+    before = _stamps(out)
+    with no_progress_bars():
+        model.save_pretrained(out, **kwargs)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
+    written = [p for p, stamp in _stamps(out).items() if before.get(p) != stamp]
+    folders = {q for p in written for q in p.parents if q == out or out in q.parents}
+    for path in [*written, *sorted(folders, key=lambda q: -len(q.parts))]:
+        _fsync(path)
+
+
 def save_policy(model: Any, tokenizer: Any, directory: str | Path, **kwargs: Any) -> Path:
     """``model.save_pretrained(directory, **kwargs)`` and ``tokenizer.save_pretrained(directory)``
-    with no progress bar; returns the directory (created when missing).
+    with no progress bar, every file fsynced; returns the directory.
 
-    ``model`` is a transformers model or a peft model (an adapter directory is written then);
-    ``tokenizer`` may be None to save the model alone. ``load_policy(directory)`` reloads a
-    full model saved this way.
+    A ``directory`` that does not exist yet is written atomically (a temp folder beside it,
+    renamed into place: after a crash it is absent, never half-written); into an existing one
+    the files are written in place (its other files are kept). ``model`` is a transformers
+    model or a peft model (an adapter directory is written then); ``tokenizer`` may be None to
+    save the model alone. ``load_policy(directory)`` reloads a full model saved this way.
     """
     if not hasattr(model, "save_pretrained"):
         raise TypeError(f"model: expected a Hugging Face model (with save_pretrained), got "
@@ -78,9 +120,18 @@ def save_policy(model: Any, tokenizer: Any, directory: str | Path, **kwargs: Any
     if not isinstance(directory, (str, Path)):
         raise ValueError(f"directory: expected a path, got {type(directory).__name__}")
     out = Path(directory).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    with no_progress_bars():
-        model.save_pretrained(out, **kwargs)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out)
+    if out.exists():
+        _write(model, tokenizer, out, kwargs)
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write(model, tokenizer, tmp, kwargs)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync(out.parent)
     return out

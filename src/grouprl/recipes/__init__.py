@@ -22,7 +22,9 @@ RECIPES: dict[str, Callable[..., TrainResult]] = {"rl": train_rl,
                                                   "preference": train_preference}
 
 
-def train(cfg: TrainConfig, *, resume: bool = False,
+def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
           echo: Callable[[str], None] | None = None) -> TrainResult:
-    """Run the recipe of ``cfg.mode`` (``rl`` or ``preference``); returns its summary."""
-    return RECIPES[cfg.mode](cfg, resume=resume, echo=echo)
+    """Run the recipe of ``cfg.mode`` (``rl`` or ``preference``); returns its summary.
+    ``force``: a resume accepts config changes outside the resumable keys
+    (:mod:`grouprl.train.resume`)."""
+    return RECIPES[cfg.mode](cfg, resume=resume, force=force, echo=echo)

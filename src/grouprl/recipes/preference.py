@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from grouprl.losses.preference import PREFERENCE_LOSSES
-from grouprl.train.checkpoint import load_checkpoint, save_checkpoint
+from grouprl.train.checkpoint import save_checkpoint
 from grouprl.train.config import TrainConfig, config_to_dict
 from grouprl.train.metrics import MetricsLogger, ProgressBar, read_metrics
 from grouprl.train.pair_data import (
@@ -46,6 +46,7 @@ from grouprl.train.pairs import (
     pessimistic_pairs,
     preference_step,
 )
+from grouprl.train.resume import ResumePoint, resume_run
 from grouprl.train.setup import (
     StopRequest,
     TrainResult,
@@ -64,7 +65,7 @@ from grouprl.train.warm_start import pairs_corpus, sft_on_chosen
 __all__ = ["train_preference"]
 
 
-def train_preference(cfg: TrainConfig, *, resume: bool = False,
+def train_preference(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
                      echo: Callable[[str], None] | None = None) -> TrainResult:
     """Run the recipe of the module docstring; returns a ``grouprl.train.TrainResult`` whose
     ``iterations`` are optimizer steps and ``success_before`` / ``success_after`` the held-out
@@ -72,7 +73,7 @@ def train_preference(cfg: TrainConfig, *, resume: bool = False,
     echo = echo or default_echo
     pc = cfg.preference
     loss = validate_preference_config(cfg)
-    ckpt = prepare_run_dir(cfg, resume)
+    prepare_run_dir(cfg, resume, force=force, echo=echo)
     run_dir = Path(cfg.run_dir)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.model.device)
@@ -119,22 +120,16 @@ def train_preference(cfg: TrainConfig, *, resume: bool = False,
         m["timing/eval_s"] = time.perf_counter() - t0
         return m
 
-    start, before, logp_before = 0, None, None
-    if ckpt is not None:
-        info = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
-                               generators={"shuffling": shuffling})
-        start = int(info["iteration"])
-        counters.update(info["state"].get("counters", {}))
-        before = info["state"].get("success_before")
-        logp_before = info["state"].get("logp_accuracy_before")
-        logger.truncate_after(start)
-        echo(f"resumed from {ckpt} at step {start}")
-    elif resume:  # stopped before the first checkpoint: keep the step-0 rows (SFT, eval)
-        logger.truncate_after(0)
-        done = [r for r in read_metrics(run_dir) if "eval/reward_accuracy" in r]
-        if done:
-            before = done[0]["eval/reward_accuracy"]
-            logp_before = done[0].get("eval/logp_accuracy")
+    point = resume_run(run_dir, logger, "eval/reward_accuracy", model=model,
+                       optimizer=optimizer, scheduler=scheduler,
+                       generators={"shuffling": shuffling}, echo=echo) \
+        if resume else ResumePoint()
+    start, state = point.iteration, point.state
+    counters.update(state.get("counters", {}))
+    before, logp_before = state.get("success_before"), state.get("logp_accuracy_before")
+    if point.before:              # stopped before the first checkpoint: keep the step-0 rows
+        before = point.before["eval/reward_accuracy"]
+        logp_before = point.before.get("eval/logp_accuracy")
     if start == 0 and before is None:
         m = run_eval()
         before, logp_before = m["eval/reward_accuracy"], m["eval/logp_accuracy"]
@@ -148,6 +143,7 @@ def train_preference(cfg: TrainConfig, *, resume: bool = False,
         save_checkpoint(run_dir, iteration=step, model=model, optimizer=optimizer,
                         scheduler=scheduler, config=config_to_dict(cfg),
                         generators={"shuffling": g}, keep_last=cfg.keep_last,
+                        metrics=logger.lines(),
                         state={"counters": counters, "success_before": before,
                                "logp_accuracy_before": logp_before})
 

@@ -28,13 +28,14 @@ from pathlib import Path
 import torch
 
 from grouprl.losses.objective import make_objective
-from grouprl.train.checkpoint import load_checkpoint, save_checkpoint
+from grouprl.train.checkpoint import save_checkpoint
 from grouprl.train.checks import check_rl_config
 from grouprl.train.config import TrainConfig, config_to_dict
 from grouprl.train.estimate import AdvantageStage, run_settings
 from grouprl.train.evaluate import evaluate_run, make_generate_fn
 from grouprl.train.learner import batched_logprobs, update_policy
 from grouprl.train.metrics import MetricsLogger, ProgressBar, read_metrics
+from grouprl.train.resume import ResumePoint, resume_run
 from grouprl.train.sampling import Sampler
 from grouprl.train.setup import (
     StopRequest,
@@ -58,12 +59,12 @@ COUNTERS = ("skipped_updates", "failed_trajectories", "nonfinite_reward_trajecto
 """Per-iteration counts (``train/<name>``) whose run totals are logged (``train/<name>_total``)."""
 
 
-def train_rl(cfg: TrainConfig, *, resume: bool = False,
+def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
              echo: Callable[[str], None] | None = None) -> TrainResult:
     """Run the recipe of the module docstring; returns a summary."""
     echo = echo or default_echo
     template = check_rl_config(cfg)
-    ckpt = prepare_run_dir(cfg, resume)
+    prepare_run_dir(cfg, resume, force=force, echo=echo)
     run_dir, a, ro, ev = Path(cfg.run_dir), cfg.algorithm, cfg.rollout, cfg.eval
     seed_everything(cfg.seed)
     model, tok = load_or_build_policy(cfg, run_dir, lambda: env_corpus(cfg, template), echo)
@@ -84,17 +85,14 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False,
     advantages = AdvantageStage(cfg)
     objective = make_objective(a.loss, a.loss_options, a.loss_agg, run_settings(cfg))
     counters = dict.fromkeys((*COUNTERS, "env_steps"), 0)
-    start, success_before = 0, None
-    if ckpt is not None:
-        info = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
-                               generators=generators)
-        start, state = int(info["iteration"]), info["state"]
-        counters.update(state.get("counters", {}))
-        sampler.load_state_dict(state.get("reward_stage", {}))
-        success_before = state.get("success_before")
-        echo(f"resumed from {ckpt} at iteration {start}")
-    if resume:
-        logger.truncate_after(start)
+    point = resume_run(run_dir, logger, "eval/success_rate", model=model, optimizer=optimizer,
+                       scheduler=scheduler, generators=generators, echo=echo) \
+        if resume else ResumePoint()
+    start, state = point.iteration, point.state
+    counters.update(state.get("counters", {}))
+    sampler.load_state_dict(state.get("reward_stage", {}))
+    success_before = point.before["eval/success_rate"] if point.before else \
+        state.get("success_before")
     if start == 0 and success_before is None:
         m = evaluate_run(cfg, model, tok, template)
         success_before = m["eval/success_rate"]
@@ -107,7 +105,7 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False,
                         scheduler=scheduler, config=config_to_dict(cfg), generators=generators,
                         state={"counters": counters, "success_before": success_before,
                                "reward_stage": sampler.state_dict()},
-                        keep_last=cfg.keep_last)
+                        keep_last=cfg.keep_last, metrics=logger.lines())
 
     def iteration(it: int) -> dict[str, float]:
         """One RL iteration: rollout → rewards → advantages → update."""

@@ -14,6 +14,8 @@ Layout of one checkpoint, ``run_dir/checkpoints/iter_{iteration:06d}/``:
                            initialised) CUDA RNG states, and each named generator's state
 ``state.pt``               ``{"iteration": ..., "state": <caller's plain-data state>}``
 ``config.json``            the resolved run configuration (plain JSON, for humans and tools)
+``metrics.jsonl``          when given: the run's ``metrics.jsonl`` lines up to this iteration, so
+                           a resume can verify the history and recreate it when lost
 ``manifest.json``          ``{"format_version": 2, "iteration": ..., "files": {name: {"sha256":
                            ..., "size": ...}}}`` for every file above
 ``COMPLETE``               written last; a directory without it is never used
@@ -26,7 +28,8 @@ object in a file is refused with :class:`CheckpointError`); saving refuses data 
 could not read back. Every file's sha256 and size go into ``manifest.json``; loading verifies each
 file it reads before deserialising anything, and before any object passed in is modified, and
 raises :class:`CheckpointError` naming the file when one is missing, truncated or modified, so a
-caller can fall back to an older checkpoint (:func:`list_checkpoints`).
+caller can fall back to an older checkpoint (:func:`list_checkpoints`;
+:func:`grouprl.train.resume.resume_checkpoint` does, with a warning naming the bad file).
 
 Atomicity: everything is written into ``checkpoints/.tmp-iter_XXXXXX-<pid>/``, each file and the
 directory are fsynced, the directory is renamed into place (an existing one is renamed aside
@@ -41,16 +44,14 @@ renames) in which a crash makes :func:`latest_checkpoint` fall back to the newes
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, load_model, save_file, save_model
@@ -76,7 +77,9 @@ from grouprl.train.rng_state import (
 from grouprl.train.safe_io import (
     MANIFEST_FILE,
     CheckpointError,
+    json_default,
     load_torch,
+    plain_data,
     read_manifest,
     require_safe_torch,
     save_torch,
@@ -96,64 +99,8 @@ SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng.pt"
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
 FORMAT_VERSION = 2  # 1: the earlier tagged-JSON + safetensors layout (no manifest)
-
-
-# --------------------------------------------------------------------------- plain data
-
-
-def _plain(obj: Any, path: str, what: str) -> Any:
-    """A copy of ``obj`` as plain Python data (numpy scalars become Python scalars).
-
-    Allowed: None, bool, int, float, str, bytes, list, tuple, dict (keys: None/bool/int/float/
-    str), numeric numpy arrays. Tensors are refused: ``state`` is the loop's bookkeeping, the
-    model and optimizer carry the tensors.
-    """
-    where = f"field {path!r}" if path else "value"
-    if obj is None or isinstance(obj, bool | int | float | str | bytes):
-        return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.kind not in "biufc":
-            raise TypeError(f"{what}: {where} is a numpy array of dtype {obj.dtype}; only "
-                            "numeric arrays are allowed (convert with .tolist())")
-        return obj.copy()
-    if isinstance(obj, torch.Tensor):
-        raise TypeError(f"{what}: {where} is a tensor; tensors are not allowed here (convert "
-                        "with .tolist() or .item())")
-    if isinstance(obj, list | tuple):
-        items = [_plain(v, f"{path}.{i}" if path else str(i), what) for i, v in enumerate(obj)]
-        return items if isinstance(obj, list) else tuple(items)
-    if isinstance(obj, Mapping):
-        out = {}
-        for k, v in obj.items():
-            if isinstance(k, np.generic):
-                k = k.item()
-            if not (k is None or isinstance(k, bool | int | float | str)):
-                raise TypeError(f"{what}: {where} has a key of unsupported type "
-                                f"{type(k).__name__} ({k!r})")
-            out[k] = _plain(v, f"{path}.{k}" if path else str(k), what)
-        return out
-    raise TypeError(f"{what}: {where} has unsupported type {type(obj).__name__}; allowed: None, "
-                    "bool, int, float, str, bytes, list, tuple, dict, numpy arrays/scalars")
-
-
-def _config_default(obj: Any) -> Any:
-    """``json.dumps`` fallback for configs: readable, lossy (tuples become lists)."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray | torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, set | frozenset):
-        return sorted(obj, key=repr)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    raise TypeError(f"config: value of unsupported type {type(obj).__name__} ({obj!r})")
 
 
 def _safe_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -170,6 +117,18 @@ def _safe_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
                 seen.add(ptr)
         out[key] = t
     return out
+
+
+def _metrics_lines(lines: Sequence[str]) -> list[str]:
+    """``lines`` checked: strings, each one JSON object ending in a newline."""
+    if isinstance(lines, str):
+        raise TypeError("metrics: expected a sequence of metrics.jsonl lines, got one string")
+    for i, line in enumerate(lines):
+        if not isinstance(line, str) or not line.endswith("\n") or "\n" in line[:-1] \
+                or not line.lstrip().startswith("{"):
+            raise ValueError(f"metrics: line {i} is not one JSON object ending in a newline: "
+                             f"{line!r:.80}")
+    return list(lines)
 
 
 # --------------------------------------------------------------------------- model
@@ -233,7 +192,7 @@ def save_checkpoint(run_dir: str | Path, *, iteration: int, model: torch.nn.Modu
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                     config: Mapping | None = None, state: Mapping | None = None,
                     generators: Mapping[str, Generatorish] | None = None,
-                    keep_last: int | None = 2) -> Path:
+                    keep_last: int | None = 2, metrics: Sequence[str] | None = None) -> Path:
     """Atomically write ``run_dir/checkpoints/iter_{iteration:06d}/`` and point ``latest`` at it.
 
     Args:
@@ -249,6 +208,9 @@ def save_checkpoint(run_dir: str | Path, *, iteration: int, model: torch.nn.Modu
         generators: named RNGs to save besides the global ones (``torch.Generator``, numpy
             ``Generator``/``RandomState``, ``random.Random``).
         keep_last: keep this many newest checkpoints up to this one (>= 1); ``None`` keeps all.
+        metrics: the run's metrics history, as ``metrics.jsonl`` lines (each one JSON object
+            ending in a newline, e.g. :meth:`grouprl.train.metrics.MetricsLogger.lines`);
+            returned as ``"metrics"`` by :func:`load_checkpoint`.
 
     Returns the checkpoint directory. An existing checkpoint of the same iteration is replaced.
     """
@@ -264,11 +226,12 @@ def save_checkpoint(run_dir: str | Path, *, iteration: int, model: torch.nn.Modu
     if config is not None and not isinstance(config, Mapping):
         raise TypeError(f"config: expected a mapping or a dataclass, got {type(config).__name__}")
     # Check the caller's data first: a bad value fails before anything heavy is written.
-    saved_state = {"iteration": iteration, "state": _plain(dict(state or {}), "", "state")}
+    saved_state = {"iteration": iteration, "state": plain_data(dict(state or {}), "", "state")}
     config_text = None
     if config is not None:
-        config_text = json.dumps(dict(config), indent=2, default=_config_default)
+        config_text = json.dumps(dict(config), indent=2, default=json_default)
     rng = capture_rng_state(generators)
+    metrics_text = None if metrics is None else "".join(_metrics_lines(metrics))
 
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -287,6 +250,8 @@ def save_checkpoint(run_dir: str | Path, *, iteration: int, model: torch.nn.Modu
         save_torch(tmp / STATE_FILE, saved_state, "state")
         if config_text is not None:
             (tmp / CONFIG_FILE).write_text(config_text + "\n", encoding="utf-8")
+        if metrics_text is not None:
+            (tmp / METRICS_FILE).write_text(metrics_text, encoding="utf-8")
         write_manifest(tmp, {"format_version": FORMAT_VERSION, "iteration": iteration})
         with open(tmp / COMPLETE_FILE, "w", encoding="utf-8") as f:
             f.write(f"{iteration}\n")
@@ -366,7 +331,8 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module,
     docstring). A missing, truncated, modified or unsafe file raises :class:`CheckpointError`
     naming it, before ``model``, ``optimizer``, ``scheduler`` or any RNG is modified.
 
-    Returns ``{"iteration": int, "state": dict, "config": dict | None, "path": Path}``.
+    Returns ``{"iteration": int, "state": dict, "config": dict | None, "path": Path,
+    "metrics": list of metrics.jsonl lines | None}`` (None: saved without ``metrics``).
     """
     require_safe_torch()
     directory = _resolve(path)
@@ -382,7 +348,7 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module,
     names += [OPTIMIZER_FILE] if optimizer is not None else []
     names += [SCHEDULER_FILE] if scheduler is not None else []
     names += [RNG_FILE] if need_rng else []
-    names += [CONFIG_FILE] if CONFIG_FILE in files else []
+    names += [name for name in (CONFIG_FILE, METRICS_FILE) if name in files]
     verify_files(directory, files, names)
 
     # Deserialise everything before modifying anything the caller passed in.
@@ -400,6 +366,10 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module,
             raise CheckpointError(f"checkpoint file {directory / CONFIG_FILE}: unreadable: {err}",
                                   directory / CONFIG_FILE) from err
 
+    metrics = None
+    if METRICS_FILE in files:
+        text = (directory / METRICS_FILE).read_text(encoding="utf-8")
+        metrics = text.splitlines(keepends=True)
     _load_model(directory, model)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -408,4 +378,4 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module,
     if rng is not None:
         restore_rng_state(rng, generators, restore_rng)
     return {"iteration": int(saved["iteration"]), "state": saved["state"], "config": config,
-            "path": directory}
+            "path": directory, "metrics": metrics}

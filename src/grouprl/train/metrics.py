@@ -5,9 +5,15 @@
 non-finite floats are written as ``null`` (TensorBoard and wandb still receive the raw value).
 Tensors with one element and numpy scalars are converted to Python numbers.
 
+Each record is appended with one ``write`` of the whole line to a file opened in append mode, so
+a crash leaves whole lines plus at most one torn last line; opening the file again drops that
+torn line (with a warning) before anything is appended.
+
 On resume, :meth:`MetricsLogger.truncate_after` drops the lines logged after the checkpoint's
-iteration, so a resumed run's file equals an uninterrupted run's. TensorBoard events after that
-iteration are purged too (``purge_step``); wandb history cannot be rewritten.
+iteration, so a resumed run's file equals an uninterrupted run's; :meth:`MetricsLogger.restore`
+also checks the kept lines against the copy a checkpoint holds (:meth:`MetricsLogger.lines`) and
+rewrites the file from that copy when it is missing, truncated or altered. TensorBoard events
+after that iteration are purged too (``purge_step``); wandb history cannot be rewritten.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -79,22 +85,42 @@ def _metrics_path(run_dir: str | Path) -> Path:
     return path if path.is_file() else path / METRICS_FILE
 
 
-def _parse_lines(path: Path) -> list[tuple[str, dict]]:
-    """(line, record) pairs; malformed lines (e.g. a write cut short by a crash) are skipped."""
+def _parse_lines(path: Path | str, lines: Sequence[str] | None = None
+                 ) -> list[tuple[str, dict]]:
+    """(line, record) pairs of the file ``path`` (or of ``lines``, named ``path``); malformed
+    lines (e.g. a write cut short by a crash, a hand edit) are skipped with a warning."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            if not isinstance(record, dict):
-                warnings.warn(f"{path}:{lineno}: skipping malformed metrics line", stacklevel=3)
-                continue
-            out.append((line if line.endswith("\n") else line + "\n", record))
+    if lines is None:
+        with open(path, "rb") as f:
+            lines = f.read().decode("utf-8", errors="replace").splitlines(keepends=True)
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            warnings.warn(f"{path}:{lineno}: skipping malformed metrics line", stacklevel=3)
+            continue
+        out.append((line if line.endswith("\n") else line + "\n", record))
     return out
+
+
+def _drop_torn_last_line(path: Path) -> None:
+    """Cut a last line without its newline (a write cut short by a crash), with a warning."""
+    if not path.is_file() or not path.stat().st_size:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    warnings.warn(f"{path}: dropped a torn last line ({len(data) - keep} bytes without a "
+                  "newline: a write cut short by a crash)", stacklevel=3)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -131,13 +157,15 @@ class MetricsLogger:
         self._tb_writer_cls = None
         self._tb = None
         self._wandb_run = None
+        self._lines: list[str] = []
+        self._found = self.path.is_file()  # the file existed before this logger opened it
         if tensorboard:  # check optional packages before creating anything
             _require("tensorboard", "logging")
             self._tb_writer_cls = _require("torch.utils.tensorboard", "logging").SummaryWriter
         if wandb:
             wandb_mod = _require("wandb", "logging")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] | None = self._open_append()
+        self._fd: int | None = self._open_append()
         if self._tb_writer_cls is not None:
             self._tb = self._tb_writer_cls(log_dir=str(self.run_dir / "tensorboard"))
             if config is not None:
@@ -146,21 +174,22 @@ class MetricsLogger:
             self._wandb_run = wandb_mod.init(project=wandb_project, name=run_name,
                                              config=dict(config or {}), dir=str(self.run_dir))
 
-    def _open_append(self) -> IO[str]:
-        # A crash mid-write can leave a partial last line: start the next record on a new line.
-        if self.path.is_file() and self.path.stat().st_size:
-            with open(self.path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                needs_newline = f.read(1) != b"\n"
-            if needs_newline:
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write("\n")
-        return open(self.path, "a", encoding="utf-8")
+    def _open_append(self) -> int:
+        """Drop a torn last line, read the kept lines, open for appending (one fd)."""
+        _drop_torn_last_line(self.path)
+        self._lines = [line for line, _ in _parse_lines(self.path)] if self.path.is_file() \
+            else []
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def _handle(self) -> IO[str]:
-        if self._file is None:
+    def _handle(self) -> int:
+        if self._fd is None:
             raise RuntimeError(f"MetricsLogger for {self.run_dir} is closed")
-        return self._file
+        return self._fd
+
+    def lines(self) -> list[str]:
+        """The file's records as written (``metrics.jsonl`` lines, newline included), oldest
+        first; what a checkpoint stores (``save_checkpoint(..., metrics=logger.lines())``)."""
+        return list(self._lines)
 
     def log(self, iteration: int, metrics: Mapping[str, float | int]) -> None:
         """Append ``{"iteration": iteration, **metrics}`` as one JSON line (flushed)."""
@@ -176,9 +205,12 @@ class MetricsLogger:
                                  "argument")
             values[key] = _scalar(key, value)
         record = {"iteration": iteration, **{k: _json_value(v) for k, v in values.items()}}
-        handle = self._handle()
-        handle.write(json.dumps(record, allow_nan=False) + "\n")
-        handle.flush()
+        line = json.dumps(record, allow_nan=False) + "\n"
+        data = line.encode("utf-8")
+        fd = self._handle()
+        while data:  # one write for a whole line (O_APPEND); loop only on a short write
+            data = data[os.write(fd, data):]
+        self._lines.append(line)
         numeric = {k: v for k, v in values.items() if isinstance(v, int | float)}
         if self._tb is not None:
             for key, value in numeric.items():
@@ -186,23 +218,45 @@ class MetricsLogger:
         if self._wandb_run is not None:
             self._wandb_run.log(numeric, step=iteration)
 
-    def truncate_after(self, iteration: int) -> None:
-        """Keep only records with ``iteration <=`` the given one (atomic rewrite); for resuming."""
+    def truncate_after(self, iteration: int) -> list[dict]:
+        """Keep only records with ``iteration <=`` the given one (atomic rewrite); for resuming.
+        Returns the kept records."""
         iteration = _check_iteration(iteration)
-        self._handle().close()
-        self._file = None
-        if self.path.is_file():
-            kept = [line for line, rec in _parse_lines(self.path)
-                    if not isinstance(rec.get("iteration"), int)
-                    or rec["iteration"] <= iteration]
+        kept = [(line, rec) for line, rec in _parse_lines(self.path, self._lines)
+                if not isinstance(rec.get("iteration"), int) or rec["iteration"] <= iteration]
+        self._rewrite(iteration, [line for line, _ in kept], always=self.path.is_file())
+        return [rec for _, rec in kept]
+
+    def restore(self, iteration: int, saved: Sequence[str]) -> str | None:
+        """Resume at ``iteration`` whose checkpoint recorded the lines ``saved``: the file becomes
+        exactly ``saved`` (an atomic rewrite). Returns None when the file's records up to
+        ``iteration`` were those lines, else what was wrong with it (the caller warns)."""
+        iteration = _check_iteration(iteration)
+        saved = list(saved)
+        kept = [rec for _, rec in _parse_lines(self.path, self._lines)
+                if not isinstance(rec.get("iteration"), int) or rec["iteration"] <= iteration]
+        recorded = [json.loads(line) for line in saved]
+        problem = None
+        if kept != recorded:
+            problem = (f"{self.path} was missing" if not (self._found or self._lines) else
+                       f"{self.path} held {len(kept)} records up to iteration {iteration}, the "
+                       f"checkpoint's copy {len(recorded)}"
+                       + (" (contents differ)" if len(kept) == len(recorded) else ""))
+        self._rewrite(iteration, saved, always=True)
+        return problem
+
+    def _rewrite(self, iteration: int, lines: list[str], always: bool) -> None:
+        os.close(self._handle())
+        self._fd = None
+        if always:
             tmp = self.path.with_name(f".{METRICS_FILE}.tmp-{os.getpid()}")
             with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(kept)
+                f.writelines(lines)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
             fsync_dir(self.run_dir)
-        self._file = self._open_append()
+        self._fd = self._open_append()
         if self._tb is not None:
             self._tb.close()
             self._tb = self._tb_writer_cls(log_dir=str(self.run_dir / "tensorboard"),
@@ -210,11 +264,10 @@ class MetricsLogger:
 
     def close(self) -> None:
         """Flush, fsync and close every sink (idempotent)."""
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None

@@ -60,8 +60,9 @@ def capture_rng_state(generators: Mapping[str, Generatorish] | None = None) -> d
 
 def check_generators(source: Path, captured: Mapping[str, Any],
                      generators: Mapping[str, Generatorish]) -> None:
-    """Every generator in ``generators`` was captured under its name with the same kind
-    (``KeyError`` / ``TypeError`` otherwise); call before :func:`restore_rng_state`."""
+    """Every generator in ``generators`` was captured under its name with the same kind, and a
+    torch one on the same device type (``KeyError`` / ``TypeError`` / ``ValueError`` otherwise);
+    call before :func:`restore_rng_state`."""
     saved = captured["generators"]
     for name, gen in generators.items():
         if name not in saved:
@@ -71,6 +72,11 @@ def check_generators(source: Path, captured: Mapping[str, Any],
         if _kind(gen) != kind:
             raise TypeError(f"generators[{name!r}]: checkpoint holds a {kind} generator state, "
                             f"got {type(gen).__name__}")
+        if kind == "torch" and torch.device(saved[name]["device"]).type != gen.device.type:
+            raise ValueError(f"generators[{name!r}]: checkpoint {source} holds the state of a "
+                             f"{saved[name]['device']} generator, got one on {gen.device}; a "
+                             "generator's state cannot move between device types: resume on "
+                             "the device the run was saved on")
 
 
 def restore_rng_state(captured: Mapping[str, Any], generators: Mapping[str, Generatorish],

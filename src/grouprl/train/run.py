@@ -1,8 +1,10 @@
-"""Opening a saved run: its resolved config (plus overrides) and its trained policy."""
+"""Opening a saved run: its resolved config (plus overrides) to resume or to evaluate it, and its
+trained policy."""
 
 from __future__ import annotations
 
-import json
+import copy
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +18,40 @@ from grouprl.train.config import (
     build_config,
     override,
 )
+from grouprl.train.resume import check_resume_config, read_saved_config
 from grouprl.train.setup import apply_lora_config, load_or_build_policy, resolve_device
 from grouprl.train.warm_start import env_corpus
 
-__all__ = ["load_run_config", "load_trained_policy"]
+__all__ = ["load_run_config", "resume_config", "load_trained_policy"]
 
 
 def load_run_config(run_dir: str | Path, overrides: Any = ()) -> TrainConfig:
-    """The resolved config a run saved in ``run_dir/config.json``, plus overrides."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"run_dir: {str(run_dir)!r} holds no config.json (not a grouprl run)")
-    return build_config(override(json.loads(path.read_text()), overrides))
+    """The resolved config a run saved in ``run_dir/config.json``, plus overrides (any key:
+    for evaluating a run; resuming one goes through :func:`resume_config`)."""
+    return build_config(override(read_saved_config(run_dir), overrides))
+
+
+def resume_config(run_dir: str | Path, overrides: Sequence[str] | Mapping = (), *,
+                  force: bool = False) -> TrainConfig:
+    """The config to resume the run in ``run_dir`` with: its saved ``config.json`` plus
+    ``overrides`` (``key=value`` strings or a nested mapping), with ``run_dir`` set to where the
+    run is now.
+
+    Overrides may change only :data:`grouprl.train.resume.RESUMABLE_KEYS` (iterations,
+    checkpointing, evaluation, logging, threads, env execution; the module says why each is
+    safe); any other difference is a ``ConfigError`` listing every such key, saved → new, and
+    naming ``--force``. With ``force`` they are accepted; the recipe's
+    ``prepare_run_dir(cfg, True, force=True)`` reports each change and records it in
+    ``config.json``. Nothing is written here.
+    """
+    saved = read_saved_config(run_dir)
+    if isinstance(overrides, Mapping):
+        data = override(copy.deepcopy(saved), {**overrides, "run_dir": str(run_dir)})
+    else:
+        data = override(copy.deepcopy(saved), [*overrides, f"run_dir={run_dir}"])
+    cfg = build_config(data)
+    check_resume_config(saved, cfg, run_dir, force)
+    return cfg
 
 
 def load_trained_policy(run_dir: str | Path, checkpoint: str | Path | None = None

@@ -12,13 +12,17 @@ on torch < 2.6, whose ``weights_only`` could be bypassed (CVE-2025-32434). :func
 checks what it wrote with ``torch.serialization.get_unsafe_globals_in_checkpoint``, so a file
 that could not be loaded back safely is never kept.
 
-Integrity: :func:`write_manifest` records the sha256 and size of every file of a directory in
-``manifest.json``; :func:`verify_files` re-hashes files against it and raises
-:class:`CheckpointError` naming the first missing, truncated or modified one.
+Integrity: :func:`write_manifest` records the sha256 and size of every file of a directory (and
+of its subdirectories, as ``sub/name``) in ``manifest.json``; :func:`verify_files` re-hashes files
+against it and raises :class:`CheckpointError` naming the first missing, truncated or modified
+one. :func:`write_text_atomically` replaces a small file (a run's ``config.json``) via
+write-temp + fsync + ``os.replace``, so a crash leaves the old or the new text, never a mix.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import hashlib
 import json
 import os
@@ -31,7 +35,8 @@ import numpy as np
 import torch
 
 __all__ = ["CheckpointError", "MANIFEST_FILE", "fsync_dir", "sha256_file", "write_manifest",
-           "read_manifest", "verify_files", "save_torch", "load_torch", "require_safe_torch"]
+           "load_manifest", "read_manifest", "verify_files", "save_torch", "load_torch",
+           "require_safe_torch", "write_text_atomically", "plain_data", "json_default"]
 
 MANIFEST_FILE = "manifest.json"
 _CHUNK = 1 << 20
@@ -82,16 +87,40 @@ def sha256_file(path: Path, fsync: bool = False) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8): written to a temp file beside it, fsynced, then
+    ``os.replace``-d and the directory fsynced; a crash leaves the old or the new file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 # --------------------------------------------------------------------------- manifest
 
 
 def write_manifest(directory: Path, header: Mapping[str, Any]) -> None:
     """Hash (and fsync) every file of ``directory`` into ``directory/manifest.json``:
-    ``{**header, "files": {name: {"sha256": hex, "size": bytes}}}``, itself fsynced."""
+    ``{**header, "files": {name: {"sha256": hex, "size": bytes}}}``, itself fsynced. Files in
+    subdirectories are listed as ``sub/name`` (each subdirectory fsynced too)."""
     files = {}
-    for path in sorted(directory.iterdir()):
+    for path in sorted(directory.rglob("*")):
+        if path.is_dir():
+            fsync_dir(path)
+            continue
+        name = path.relative_to(directory).as_posix()
+        if name == MANIFEST_FILE:
+            continue
         sha, size = sha256_file(path, fsync=True)
-        files[path.name] = {"sha256": sha, "size": size}
+        files[name] = {"sha256": sha, "size": size}
     with open(directory / MANIFEST_FILE, "w", encoding="utf-8") as f:
         f.write(json.dumps({**header, "files": files}, indent=1) + "\n")
         f.flush()
@@ -101,6 +130,13 @@ def write_manifest(directory: Path, header: Mapping[str, Any]) -> None:
 def read_manifest(directory: Path, format_version: int) -> dict[str, dict[str, Any]]:
     """The ``files`` table of ``directory/manifest.json``; ``CheckpointError`` if it is
     unreadable, malformed or of another ``format_version``."""
+    return load_manifest(directory, format_version)["files"]
+
+
+def load_manifest(directory: Path, format_version: int) -> dict[str, Any]:
+    """The whole ``directory/manifest.json`` (header keys and the checked ``files`` table);
+    ``CheckpointError`` naming it if it is unreadable, malformed or of another
+    ``format_version``."""
     path = directory / MANIFEST_FILE
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -115,6 +151,7 @@ def read_manifest(directory: Path, format_version: int) -> dict[str, dict[str, A
             and isinstance(e.get("size"), int) for e in files.values()):
         raise _bad_file(path, "malformed: expected {'files': {name: {'sha256': str, "
                         "'size': int}}}")
+    return manifest
     return files
 
 
@@ -189,3 +226,62 @@ def load_torch(path: Path) -> Any:
                   f"{type(err).__name__}: {str(err).strip().splitlines()[0]}")
         raise _bad_file(path, f"cannot be loaded with torch.load(weights_only=True); "
                         f"{reason}") from err
+
+
+# --------------------------------------------------------------------------- plain data
+
+
+def plain_data(obj: Any, path: str, what: str) -> Any:
+    """A copy of ``obj`` as plain Python data (numpy scalars become Python scalars), which a
+    ``weights_only`` load reads back exactly; ``TypeError`` naming ``what`` and the field.
+
+    Allowed: None, bool, int, float, str, bytes, list, tuple, dict (keys: None/bool/int/float/
+    str), numeric numpy arrays. Tensors are refused: a checkpoint's ``state`` is the loop's
+    bookkeeping, the model and optimizer carry the tensors.
+    """
+    where = f"field {path!r}" if path else "value"
+    if obj is None or isinstance(obj, bool | int | float | str | bytes):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in "biufc":
+            raise TypeError(f"{what}: {where} is a numpy array of dtype {obj.dtype}; only "
+                            "numeric arrays are allowed (convert with .tolist())")
+        return obj.copy()
+    if isinstance(obj, torch.Tensor):
+        raise TypeError(f"{what}: {where} is a tensor; tensors are not allowed here (convert "
+                        "with .tolist() or .item())")
+    if isinstance(obj, list | tuple):
+        items = [plain_data(v, f"{path}.{i}" if path else str(i), what)
+                 for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if isinstance(k, np.generic):
+                k = k.item()
+            if not (k is None or isinstance(k, bool | int | float | str)):
+                raise TypeError(f"{what}: {where} has a key of unsupported type "
+                                f"{type(k).__name__} ({k!r})")
+            out[k] = plain_data(v, f"{path}.{k}" if path else str(k), what)
+        return out
+    raise TypeError(f"{what}: {where} has unsupported type {type(obj).__name__}; allowed: None, "
+                    "bool, int, float, str, bytes, list, tuple, dict, numpy arrays/scalars")
+
+
+def json_default(obj: Any) -> Any:
+    """``json.dumps`` fallback for configs: readable, lossy (tuples become lists)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray | torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=repr)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise TypeError(f"config: value of unsupported type {type(obj).__name__} ({obj!r})")

@@ -3,7 +3,8 @@
 
 Each function does one job; a recipe calls them in order (:mod:`grouprl.recipes`)::
 
-    ckpt        = prepare_run_dir(cfg, resume)        # refuses to overwrite a run; config.json
+    ckpt        = prepare_run_dir(cfg, resume, force=force, echo=echo)   # config.json (atomic);
+                  # refuses to overwrite a run, and a resume that changes training keys
     seed_everything(cfg.seed); device = resolve_device(cfg.model.device)
     model, tok  = load_or_build_policy(cfg, run_dir, corpus, echo)
     model, ref, ref_context = attach_lora_and_reference(cfg, model, need_reference)
@@ -36,8 +37,22 @@ from grouprl.policy import (
     load_policy,
     resolve_dtype,
 )
-from grouprl.train.checkpoint import latest_checkpoint
+from grouprl.train.checkpoint import latest_checkpoint, list_checkpoints
 from grouprl.train.config import ConfigError, TrainConfig, config_to_dict
+from grouprl.train.config_diff import format_change
+from grouprl.train.metrics import METRICS_FILE
+from grouprl.train.resume import (
+    CONFIG_FILE,
+    check_resume_config,
+    read_saved_config,
+    refuse_legacy_checkpoints,
+)
+from grouprl.train.safe_io import write_text_atomically
+from grouprl.train.saved_model import (
+    load_verified_model_dir,
+    model_dir_record,
+    save_model_dir_atomically,
+)
 
 __all__ = ["WARM_START_DIR", "BASE_MODEL_DIR", "TrainResult", "prepare_run_dir",
            "seed_everything", "resolve_device", "StopRequest", "stop_on_signal",
@@ -64,19 +79,39 @@ def default_echo(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path | None:
-    """Create ``run_dir``, refuse to overwrite an existing run unless resuming, write the
-    resolved ``config.json``, set the thread count; the checkpoint to resume from (or None)."""
+def prepare_run_dir(cfg: TrainConfig, resume: bool, *, force: bool = False,
+                    echo: Callable[[str], None] | None = None) -> Path | None:
+    """Create ``run_dir``, set the thread count and write the resolved ``config.json``
+    atomically; the latest checkpoint when resuming (else None).
+
+    A new run refuses a ``run_dir`` that holds a run (``metrics.jsonl`` or checkpoints). A
+    resume refuses a config that differs from the saved one outside
+    :data:`grouprl.train.resume.RESUMABLE_KEYS` (``ConfigError`` listing every such key, saved
+    → new) unless ``force``, and a run whose newest checkpoint is in an old format; the changes
+    it accepts are reported through ``echo`` and recorded (``config.json`` is rewritten only
+    when the config changed).
+    """
+    echo = echo or default_echo
     run_dir = Path(cfg.run_dir)
-    if not resume and (run_dir / "metrics.jsonl").exists():
+    if not resume and ((run_dir / METRICS_FILE).exists() or list_checkpoints(run_dir)):
         raise ConfigError(f"run_dir: {str(run_dir)!r} already holds a run; pass --resume to "
                           "continue it or choose another run_dir")
+    text = json.dumps(config_to_dict(cfg), indent=2)
+    if resume:
+        refuse_legacy_checkpoints(run_dir)
+        if (run_dir / CONFIG_FILE).is_file():
+            changes = check_resume_config(read_saved_config(run_dir), cfg, run_dir, force)
+            for key, old, new, allowed in changes:
+                echo(f"config change on resume{'' if allowed else ' (--force)'}: "
+                     f"{format_change(key, old, new)}")
+            if not changes:
+                text = None
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
-    return ckpt
+    if text is not None:
+        write_text_atomically(run_dir / CONFIG_FILE, text)
+    return latest_checkpoint(run_dir) if resume else None
 
 
 def seed_everything(seed: int) -> None:
@@ -86,16 +121,33 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``model.device``: "auto" = cuda when available; a cuda device that is absent is an error."""
+    """``model.device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available, else cpu).
+
+    Anything else (``mps``, ``xpu``, ``meta``, a typo) is refused with a :class:`ConfigError`,
+    as is a cuda device when CUDA is not available or ``cuda:N`` beyond the visible devices:
+    grouprl is tested on CPU and CUDA only, and a device that passed this check but fails at
+    the first tensor would lose the run's setup work.
+    """
+    accepted = "use cpu, cuda, cuda:N or auto"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"model.device: {name!r} is not a device; use cpu, cuda, cuda:N or "
-                          "auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"model.device: {name!r} is not a device; {accepted}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"model.device: {name!r} is not supported (grouprl runs on CPU and "
+                          f"CUDA devices); {accepted}")
+    if device.type == "cpu":
+        if device.index not in (None, 0):
+            raise ConfigError(f"model.device: {name!r} is not a device; {accepted}")
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
         raise ConfigError(f"model.device: {name!r} requested but CUDA is not available; use cpu")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ConfigError(f"model.device: {name!r} is not available: {count} CUDA device(s) "
+                          f"visible (cuda:0 … cuda:{count - 1}); check CUDA_VISIBLE_DEVICES")
     return device
 
 
@@ -144,25 +196,32 @@ def load_or_build_policy(cfg: TrainConfig, run_dir: Path, corpus: Callable[[], T
                          ) -> tuple[torch.nn.Module, Any]:
     """The starting policy: the run's saved warm start, else ``model.path``, else the run's
     saved tiny base model, else a tiny model built on ``corpus()`` (saved to ``base_model``).
-    Saved directories are loaded, never rebuilt."""
+
+    Saved directories are verified and loaded, never rebuilt (:mod:`grouprl.train.saved_model`):
+    a damaged one, one without its checksum manifest, or one built with other values of the
+    keys that determine it, is a ``ConfigError`` naming the folder and the fix. Leftovers of
+    interrupted saves are removed; the base model is written atomically."""
     m = cfg.model
     warm, base = run_dir / WARM_START_DIR, run_dir / BASE_MODEL_DIR
-    if (warm / "config.json").is_file():
-        return load_policy(warm, dtype=m.dtype)
+    loaded = load_verified_model_dir(warm, model_dir_record(cfg, WARM_START_DIR), dtype=m.dtype)
+    if loaded is not None:
+        return loaded
     if m.path is not None:
         return load_policy(m.path, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
-    if (base / "config.json").is_file():
-        return load_policy(base, dtype=m.dtype)
+    loaded = load_verified_model_dir(base, model_dir_record(cfg, BASE_MODEL_DIR), dtype=m.dtype)
+    if loaded is not None:
+        return loaded
     c = corpus()
     t = m.tiny
     isolate = t.isolate_chars if t.isolate_chars is not None else c.isolate_chars
     echo(f"building the tiny model (tokenizer on {len(c.texts)} texts of {c.source})")
     model, tok = build_tiny_policy(c.texts, vocab_size=t.vocab_size,
                                    special_tokens=c.special_tokens, isolate_chars=isolate,
-                                   seed=cfg.seed, save_dir=base, hidden_size=t.hidden_size,
+                                   seed=cfg.seed, hidden_size=t.hidden_size,
                                    num_layers=t.num_layers, num_heads=t.num_heads,
                                    num_kv_heads=t.num_kv_heads,
                                    intermediate_size=t.intermediate_size)
+    save_model_dir_atomically(model, tok, base, model_dir_record(cfg, BASE_MODEL_DIR))
     return (model.to(resolve_dtype(m.dtype)) if cast_tiny else model), tok
 
 
