@@ -109,3 +109,27 @@ def test_bad_rollout_files_exit_2_naming_file_line_and_field(tmp_path, capsys, c
     assert main(["advantages", str(path), "-e", "grpo"]) == 2
     err = capsys.readouterr().err
     assert re.search(message, err) and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("setting, shown", [
+    ({"env": {"name": "evil.module:Env"}}, "env.name='evil.module:Env'"),
+    ({"model": {"trust_remote_code": True}}, "model.trust_remote_code=true"),
+])
+def test_a_run_directory_that_runs_outside_code_needs_trust_run(tmp_path, capsys, setting,
+                                                                 shown):
+    """Issue 13 finding 11: `grouprl eval` and `--resume` read a run's config.json; an env
+    import string or trust_remote_code there runs code only with --trust-run."""
+    from grouprl.train.config import config_to_dict, load_config
+    from grouprl.train.run import check_trusted, untrusted_settings
+
+    data = config_to_dict(load_config(None, []))
+    for section, values in setting.items():
+        data[section].update(values)
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert main(["eval", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert shown in err and "--trust-run" in err and "Traceback" not in err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "--trust-run" in capsys.readouterr().err
+    assert untrusted_settings(data) and untrusted_settings(config_to_dict(load_config())) == []
+    check_trusted(data, tmp_path, trusted=True)                       # the flag lets it through

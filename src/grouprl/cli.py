@@ -203,7 +203,7 @@ def _train(args: argparse.Namespace) -> int:
             if config is not None:
                 raise ConfigError("--resume continues a run with its saved config; pass only "
                                   "key=value overrides, not a config file")
-            cfg = resume_config(args.resume, overrides, force=args.force)
+            cfg = resume_config(args.resume, overrides, force=args.force, trusted=args.trust_run)
         else:
             if args.force:
                 raise ConfigError("--force: only applies with --resume RUN_DIR")
@@ -230,12 +230,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     try:
-        cfg = load_run_config(args.run_dir, args.overrides)  # eval.*, env.* … overrides
+        cfg = load_run_config(args.run_dir, args.overrides,  # eval.*, env.* … overrides
+                              trusted=args.trust_run)
         if cfg.mode == "preference":
             raise ConfigError("mode: grouprl eval evaluates RL runs in their env; a preference "
                               "run logs eval/reward_accuracy on its held-out pairs in "
                               "metrics.jsonl (grouprl plot RUN_DIR)")
-        _, model, tok, template, iteration = load_trained_policy(args.run_dir, args.checkpoint)
+        _, model, tok, template, iteration = load_trained_policy(args.run_dir, args.checkpoint,
+                                                                 trusted=args.trust_run)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
@@ -266,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("args", nargs="*", metavar="CONFIG|key=value",
                     help="an optional YAML recipe, then overrides like rollout.group_size=4")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
+    tr.add_argument("--trust-run", action="store_true",
+                    help="with --resume: allow the run's config.json to import an env class "
+                    "('package.module:Class') or set model.trust_remote_code")
     tr.add_argument("--force", action="store_true",
                     help="with --resume: accept overrides of keys a resume may not change (the "
                          "error lists them); the change is recorded in RUN_DIR/config.json")
@@ -282,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     evp.add_argument("run_dir")
     evp.add_argument("overrides", nargs="*", metavar="key=value",
                      help="e.g. eval.episodes=256 eval.temperature=0")
+    evp.add_argument("--trust-run", action="store_true",
+                     help="allow the run's config.json to import an env class or set "
+                     "model.trust_remote_code")
     evp.add_argument("--checkpoint", help="a checkpoint directory (default: the latest)")
     evp.set_defaults(func=_eval)
     pl = sub.add_parser("plot", help="PNG of success, return, loss, KL and entropy of a run")

@@ -22,17 +22,45 @@ from grouprl.train.resume import check_resume_config, read_saved_config
 from grouprl.train.setup import apply_lora_config, load_or_build_policy, resolve_device
 from grouprl.train.warm_start import env_corpus
 
-__all__ = ["load_run_config", "resume_config", "load_trained_policy"]
+__all__ = ["load_run_config", "resume_config", "load_trained_policy", "untrusted_settings",
+           "check_trusted"]
+
+TRUST_FLAG = "--trust-run"
 
 
-def load_run_config(run_dir: str | Path, overrides: Any = ()) -> TrainConfig:
+def untrusted_settings(saved: Mapping[str, Any]) -> list[str]:
+    """Settings of a saved config that run code from outside grouprl when the run is opened:
+    an env given as an import string, and ``model.trust_remote_code``."""
+    out = []
+    name = str(saved.get("env", {}).get("name", ""))
+    if ":" in name:
+        out.append(f"env.name={name!r} (imports that module and runs its class)")
+    if saved.get("model", {}).get("trust_remote_code"):
+        out.append("model.trust_remote_code=true (runs Python code from the model directory)")
+    return out
+
+
+def check_trusted(saved: Mapping[str, Any], run_dir: str | Path, trusted: bool) -> None:
+    """Opening a run directory that is not yours is safe: its ``config.json`` may only import
+    and run outside code when the caller says it trusts the directory (``--trust-run``)."""
+    risky = untrusted_settings(saved)
+    if risky and not trusted:
+        raise ConfigError(f"{Path(run_dir) / 'config.json'}: {'; '.join(risky)} — pass "
+                          f"{TRUST_FLAG} if you trust this run directory")
+
+
+def load_run_config(run_dir: str | Path, overrides: Any = (), *,
+                    trusted: bool = False) -> TrainConfig:
     """The resolved config a run saved in ``run_dir/config.json``, plus overrides (any key:
-    for evaluating a run; resuming one goes through :func:`resume_config`)."""
-    return build_config(override(read_saved_config(run_dir), overrides))
+    for evaluating a run; resuming one goes through :func:`resume_config`). A saved config that
+    would run outside code needs ``trusted`` (:func:`check_trusted`)."""
+    saved = read_saved_config(run_dir)
+    check_trusted(saved, run_dir, trusted)
+    return build_config(override(saved, overrides))
 
 
 def resume_config(run_dir: str | Path, overrides: Sequence[str] | Mapping = (), *,
-                  force: bool = False) -> TrainConfig:
+                  force: bool = False, trusted: bool = False) -> TrainConfig:
     """The config to resume the run in ``run_dir`` with: its saved ``config.json`` plus
     ``overrides`` (``key=value`` strings or a nested mapping), with ``run_dir`` set to where the
     run is now.
@@ -40,11 +68,13 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] | Mapping = (), 
     Overrides may change only :data:`grouprl.train.resume.RESUMABLE_KEYS` (iterations,
     checkpointing, evaluation, logging, threads, env execution; the module says why each is
     safe); any other difference is a ``ConfigError`` listing every such key, saved → new, and
-    naming ``--force``. With ``force`` they are accepted; the recipe's
+    naming ``--force``. A saved config that would run outside code needs ``trusted``
+    (:func:`check_trusted`). With ``force`` they are accepted; the recipe's
     ``prepare_run_dir(cfg, True, force=True)`` reports each change and records it in
     ``config.json``. Nothing is written here.
     """
     saved = read_saved_config(run_dir)
+    check_trusted(saved, run_dir, trusted)
     if isinstance(overrides, Mapping):
         data = override(copy.deepcopy(saved), {**overrides, "run_dir": str(run_dir)})
     else:
@@ -54,11 +84,13 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] | Mapping = (), 
     return cfg
 
 
-def load_trained_policy(run_dir: str | Path, checkpoint: str | Path | None = None
+def load_trained_policy(run_dir: str | Path, checkpoint: str | Path | None = None, *,
+                        trusted: bool = False
                         ) -> tuple[TrainConfig, torch.nn.Module, Any, PromptTemplate, int]:
-    """(config, model, tokenizer, template, iteration) of a run's latest (or given) checkpoint."""
+    """(config, model, tokenizer, template, iteration) of a run's latest (or given) checkpoint;
+    ``trusted`` as in :func:`load_run_config`."""
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
+    cfg = load_run_config(run_dir, trusted=trusted)
     try:
         template = template_from_config(cfg.agent.template)
     except ValueError as err:
