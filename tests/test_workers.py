@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -206,6 +207,57 @@ def test_restart_budget_is_a_pool_option():
             pool.restart(0)
         assert pool.stats == {"calls": 4, "failures": 4, "timeouts": 0, "crashes": 2,
                               "restarts": 1}
+
+
+def test_a_replacement_process_that_cannot_be_created_keeps_the_other_results(monkeypatch):
+    with pool_of(2) as pool:
+        pool.start()
+        healthy = pool.pids[1]
+        real_spawn = pool._spawn
+
+        def no_process(i):
+            raise OSError(24, "Too many open files")
+
+        monkeypatch.setattr(pool, "_spawn", no_process)  # a new process cannot be created
+        res = pool.call({0: ("exit", 3), 1: ("echo", 1)})
+        assert res[0] == CallResult(False, None, "worker process died (exit code 3)")
+        assert res[1] == CallResult(True, ("A", healthy, 1, 1))  # not lost with the call
+        note = ("no worker: starting a replacement process failed: OSError: [Errno 24] Too many "
+                "open files")
+        assert pool.call({0: ("echo", 2)})[0] == CallResult(False, None, f"worker 0: {note}")
+        assert pool.map([("echo", 3)])[0].value[1] == healthy  # the live worker takes it
+        with pytest.raises(RuntimeError, match=re.escape(f"worker 0: {note}")):
+            pool.restart(0)
+        monkeypatch.setattr(pool, "_spawn", real_spawn)  # processes can be created again
+        assert pool.call({0: ("echo", 4)})[0].value[3] == 4  # the next need starts one
+        assert pool.stats["restarts"] == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_forkserver_preloads_the_main_modules_imports(tmp_path):
+    """Each forkserver child runs the main script again; its imports (torch here) are preloaded
+    in the server (a new worker's parent), so that a restarted worker does not import them
+    again (about 1 s for torch)."""
+    script = tmp_path / "main.py"
+    script.write_text(
+        "import os\n"
+        "import torch\n"
+        "from grouprl.workers import WorkerPool, main_module_imports\n"
+        "def init():\n"
+        "    return None\n"
+        "def handle(state, payload):\n"
+        "    with open(f'/proc/{os.getppid()}/maps') as f:  # the forkserver's memory\n"
+        "        return 'libtorch' in f.read()\n"
+        "if __name__ == '__main__':\n"
+        "    assert 'torch' in main_module_imports(), main_module_imports()\n"
+        "    with WorkerPool(init, handle, 1, start_method='forkserver',\n"
+        "                    preload=('__main__',)) as pool:\n"
+        "        print(pool.call({0: None})[0])\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "CallResult(ok=True, value=True, error=None, timed_out=False, " \
+        "restarted=False)"
 
 
 # -- shutdown ----------------------------------------------------------------------------------

@@ -348,7 +348,7 @@ def concat_rollouts(parts: Sequence[Rollout], pad_token_id: int = 0) -> Rollout:
         else:
             out[f.name] = torch.cat(values)
     metrics = {k: sum(r.metrics[k] for r in parts) for k in
-               ("truncated_generations", "failed_trajectories",
+               ("truncated_generations", "truncated_prompts", "failed_trajectories",
                 "nonfinite_reward_trajectories") if all(k in r.metrics for r in parts)}
     metrics.update(episode_metrics(out["episode_return"], out["episode_length"],
                                    out["episode_won"], torch.as_tensor(batch.invalid)))

@@ -19,15 +19,18 @@ value — ids are assigned exactly with :func:`state_ids` — ``success``, ``inv
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from grouprl.advantages import RolloutBatch, available_estimators, compute_advantages, state_ids
+from grouprl.envs.pool import EnvFault
 from grouprl.recipes import train
 from grouprl.train import ConfigError, load_config, load_run_config, load_trained_policy
 from grouprl.train.checks import check_rl_config
@@ -36,6 +39,7 @@ from grouprl.train.evaluate import evaluate_run
 from grouprl.train.pair_data import validate_preference_config
 from grouprl.train.plot import plot_run
 from grouprl.train.run import resume_config
+from grouprl.validation import UserError
 
 # Spec-agentic-credit §4.6: three trajectories of one task (A succeeds via s0→s1→s2, B fails with
 # an invalid action at s1, C succeeds via the shortcut s0→s4).
@@ -186,32 +190,30 @@ def _config(args: argparse.Namespace) -> int:
         print(format_keys())
         return 0
     config, overrides = _split_config(args.args)
-    try:
-        cfg = load_config(config, overrides)
-        check_config(cfg)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(config, overrides)
+    check_config(cfg)
     sys.stdout.write(dump_config(cfg))
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
     config, overrides = _split_config(args.args)
+    if args.resume:
+        if config is not None:
+            raise ConfigError("--resume continues a run with its saved config; pass only "
+                              "key=value overrides, not a config file")
+        cfg = resume_config(args.resume, overrides, force=args.force, trusted=args.trust_run)
+    else:
+        if args.force:
+            raise ConfigError("--force: only applies with --resume RUN_DIR")
+        cfg = load_config(config, overrides)
     try:
-        if args.resume:
-            if config is not None:
-                raise ConfigError("--resume continues a run with its saved config; pass only "
-                                  "key=value overrides, not a config file")
-            cfg = resume_config(args.resume, overrides, force=args.force, trusted=args.trust_run)
-        else:
-            if args.force:
-                raise ConfigError("--force: only applies with --resume RUN_DIR")
-            cfg = load_config(config, overrides)
         result = train(cfg, resume=bool(args.resume), force=args.force)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    except EnvFault as err:          # the recipe saved a checkpoint and said how to go on
+        if args.debug:
+            raise
+        print(f"error: the environment failed too often: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; resume with: grouprl train --resume " + str(cfg.run_dir),
               file=sys.stderr)
@@ -229,18 +231,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_run_config(args.run_dir, args.overrides,  # eval.*, env.* … overrides
-                              trusted=args.trust_run)
-        if cfg.mode == "preference":
-            raise ConfigError("mode: grouprl eval evaluates RL runs in their env; a preference "
-                              "run logs eval/reward_accuracy on its held-out pairs in "
-                              "metrics.jsonl (grouprl plot RUN_DIR)")
-        _, model, tok, template, iteration = load_trained_policy(args.run_dir, args.checkpoint,
-                                                                 trusted=args.trust_run)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_run_config(args.run_dir, args.overrides,  # eval.*, env.* … overrides
+                          trusted=args.trust_run)
+    if cfg.mode == "preference":
+        raise ConfigError("mode: grouprl eval evaluates RL runs in their env; a preference "
+                          "run logs eval/reward_accuracy on its held-out pairs in "
+                          "metrics.jsonl (grouprl plot RUN_DIR)")
+    _, model, tok, template, iteration = load_trained_policy(args.run_dir, args.checkpoint,
+                                                             trusted=args.trust_run)
     metrics = evaluate_run(cfg, model, tok, template)
     print(json.dumps({"iteration": iteration, **metrics}))
     return 0
@@ -257,14 +255,19 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    debug = "show the traceback of an input error instead of one line"
     parser = argparse.ArgumentParser(prog="grouprl", description="Group-based RL for LLM agents")
+    parser.add_argument("--debug", action="store_true", help=debug)
+    common = argparse.ArgumentParser(add_help=False)          # --debug after the command too
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="train a policy (no config = the built-in default)",
-                        description="grouprl train [CONFIG.yaml] [key=value ...]",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="config keys (key=value overrides; values are YAML; "
-                               "`grouprl config RECIPE ...` prints the resolved config):\n"
-                               + format_keys())
+    command = functools.partial(sub.add_parser, parents=[common])
+    tr = command("train", help="train a policy (no config = the built-in default)",
+                 description="grouprl train [CONFIG.yaml] [key=value ...]",
+                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                 epilog="config keys (key=value overrides; values are YAML; "
+                        "`grouprl config RECIPE ...` prints the resolved config):\n"
+                        + format_keys())
     tr.add_argument("args", nargs="*", metavar="CONFIG|key=value",
                     help="an optional YAML recipe, then overrides like rollout.group_size=4")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
@@ -275,15 +278,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --resume: accept overrides of keys a resume may not change (the "
                          "error lists them); the change is recorded in RUN_DIR/config.json")
     tr.set_defaults(func=_train)
-    cf = sub.add_parser("config", help="print the resolved config of a recipe plus overrides",
-                        description="grouprl config [CONFIG.yaml] [key=value ...]: the config "
-                        "a run would use, as YAML, after every check")
+    cf = command("config", help="print the resolved config of a recipe plus overrides",
+                 description="grouprl config [CONFIG.yaml] [key=value ...]: the config "
+                 "a run would use, as YAML, after every check")
     cf.add_argument("args", nargs="*", metavar="CONFIG|key=value")
     cf.add_argument("--keys", action="store_true", help="every key with its default and help")
     cf.add_argument("--reference", action="store_true",
                     help="the Markdown config reference (docs/config.md)")
     cf.set_defaults(func=_config)
-    evp = sub.add_parser("eval", help="evaluate a run's latest checkpoint on held-out tasks")
+    evp = command("eval", help="evaluate a run's latest checkpoint on held-out tasks")
     evp.add_argument("run_dir")
     evp.add_argument("overrides", nargs="*", metavar="key=value",
                      help="e.g. eval.episodes=256 eval.temperature=0")
@@ -292,11 +295,11 @@ def main(argv: list[str] | None = None) -> int:
                      "model.trust_remote_code")
     evp.add_argument("--checkpoint", help="a checkpoint directory (default: the latest)")
     evp.set_defaults(func=_eval)
-    pl = sub.add_parser("plot", help="PNG of success, return, loss, KL and entropy of a run")
+    pl = command("plot", help="PNG of success, return, loss, KL and entropy of a run")
     pl.add_argument("run_dir")
     pl.add_argument("-o", "--out", help="output PNG (default RUN_DIR/training.png)")
     pl.set_defaults(func=_plot)
-    adv = sub.add_parser("advantages", help="compute advantages of a rollout file")
+    adv = command("advantages", help="compute advantages of a rollout file")
     adv.add_argument("input", nargs="?", help="JSON Lines rollout file (default: built-in example)")
     adv.add_argument("-e", "--estimator", action="append", choices=available_estimators(),
                      help="estimator name (repeatable; default: all)")
@@ -304,11 +307,30 @@ def main(argv: list[str] | None = None) -> int:
                      help="estimator option key=value (YAML value), repeatable")
     adv.add_argument("--json", action="store_true", help="print a JSON object name → values")
     adv.set_defaults(func=_advantages)
-    bench = sub.add_parser("bench", help="run the advantage-estimator benchmark")
+    bench = command("bench", help="run the advantage-estimator benchmark")
     bench.add_argument("--quick", action="store_true")
     bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
-    return args.func(args)
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line
+        try:
+            return args.func(args)
+        except UserError as err:       # the user's input: one line, exit 2 (--debug: traceback)
+            if args.debug:
+                raise
+            kind = "config error" if isinstance(err, ConfigError) else "error"
+            print(f"{kind}: {err}", file=sys.stderr)
+            return 2
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """grouprl's own warnings (data dropped, prompts cut, ...) as one ``warning:`` line; other
+    libraries' warnings as Python prints them."""
+    if category.__module__.startswith("grouprl"):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 if __name__ == "__main__":

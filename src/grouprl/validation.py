@@ -15,6 +15,12 @@ call                                  message on a bad value
 ``canonical_name(...)``               ``kind: unknown KL estimator 'x'; accepted: 'k1', ...``
 ====================================  ==================================================
 
+User errors: :class:`UserError` is the one exception family for mistakes in what the user gave
+(a config key, a data file, a model directory, a device); ``ConfigError``
+(:mod:`grouprl.train.config`), ``DataError`` (:mod:`grouprl.data`) and ``ModelPathError``
+(:mod:`grouprl.policy.load`) subclass it. Its message names the file/line or key and the fix, so
+the CLI prints it as is (no traceback) and exits with code 2.
+
 Hot paths validate once: :func:`memoize` caches a validated options object per exact argument
 values, so a loss called on every micro-batch with the same options does no option checking.
 """
@@ -27,10 +33,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Integral, Real
 from typing import Any, TypeVar
 
-__all__ = ["check_choice", "check_bool", "check_number", "check_range", "check_int",
+__all__ = ["UserError", "check_choice", "check_bool", "check_number", "check_range", "check_int",
            "check_options", "canonical_name", "memoize"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserError(ValueError):
+    """A mistake in what the user gave (config key, data file, model directory, device).
+
+    The message is complete for the user: it names where the problem is (key, file and line,
+    field) and how to fix it. The CLI catches this family, prints the message without a
+    traceback and exits with code 2.
+    """
 
 
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:

@@ -20,6 +20,10 @@ Faults never raise into the caller's loop; each call gets a :class:`CallResult`:
 * a (re)started worker cannot build its state, or is not ready within ``start_timeout``: the
   call waiting for it fails with ``"worker failed to start: ..."`` and the slot stays empty
   until work for it arrives (or :meth:`WorkerPool.restart`).
+* a replacement process cannot even be created (``OSError`` from ``fork``/``spawn``: too many
+  processes or open files): the calls that need that slot fail with an error naming it, the slot
+  stays empty and the next call that needs it tries again; the other workers' results of the
+  same call are kept.
 
 ``stats`` counts ``calls`` (answered), ``failures`` (answered with ``ok=False``), ``timeouts``
 and ``crashes`` (subsets of failures) and ``restarts`` (replacement workers started).
@@ -60,7 +64,9 @@ import os
 import pickle
 import signal
 import sys
+import sysconfig
 import time
+import types
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -70,7 +76,7 @@ from typing import Any
 
 from grouprl.validation import check_choice, check_int, check_number
 
-__all__ = ["CallResult", "WorkerPool", "WorkerStartError"]
+__all__ = ["CallResult", "WorkerPool", "WorkerStartError", "main_module_imports"]
 
 _CLOSE_WAIT_S = 2.0  # close(): how long idle workers get to stop by themselves
 
@@ -104,6 +110,47 @@ class WorkerStartError(RuntimeError):
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def main_module_imports() -> list[str]:
+    """The already imported modules the main module's globals come from (its imports).
+
+    Every spawn/forkserver child runs the main module again (as ``__mp_main__``), so a main
+    script that imports torch or the grouprl CLI costs each new worker that import (about 1 s
+    for torch alone).  The forkserver's own ``"__main__"`` preload is meant to prevent that,
+    but in CPython 3.11 it never reaches the server (it looks for a ``main_path`` key that the
+    preparation data does not have), so the pool preloads these modules instead: the server
+    imports them once and each fork starts warm.
+
+    Only installed modules are listed (the standard library, ``site-packages`` and grouprl):
+    the server imports them with its own ``sys.path``, and an import error other than
+    ``ImportError`` would end it."""
+    main = sys.modules.get("__main__")
+    names: set[str] = set()
+    for value in list(vars(main).values()) if main is not None else []:
+        try:
+            name = value.__name__ if isinstance(value, types.ModuleType) else value.__module__
+        except Exception:  # noqa: BLE001 - any object may sit in the main namespace
+            continue
+        if isinstance(name, str) and name in sys.modules and _installed(name):
+            names.add(name)
+    return sorted(names)
+
+
+def _installed(name: str) -> bool:
+    """Whether module ``name`` comes from the standard library, ``site-packages`` or grouprl."""
+    top = name.partition(".")[0]
+    if top in ("__main__", "__mp_main__", "builtins"):
+        return False
+    if top == "grouprl":
+        return True
+    path = getattr(sys.modules.get(top), "__file__", None)
+    if not isinstance(path, str):
+        return False
+    parts = os.path.normpath(path).split(os.sep)
+    stdlib = os.path.normpath(sysconfig.get_paths()["stdlib"]) + os.sep
+    return "site-packages" in parts or "dist-packages" in parts or \
+        os.path.normpath(path).startswith(stdlib)
 
 
 # -- the worker process ------------------------------------------------------------------------
@@ -262,7 +309,8 @@ class WorkerPool:
         max_restarts: replacement workers allowed over the pool's lifetime (``None``:
             unlimited); see the module docstring for what happens once it is spent.
         start_method: ``"spawn"`` (default), ``"forkserver"`` or ``"fork"``.
-        preload: modules the forkserver imports once (``"forkserver"`` only).
+        preload: modules the forkserver imports once (``"forkserver"`` only).  ``"__main__"``
+            stands for the main module's imports (:func:`main_module_imports`).
         name: process name prefix; worker ``i`` is ``f"{name}-{i}"``.
 
     Workers start in the constructor without waiting; :meth:`start` waits for them (calls also
@@ -297,8 +345,12 @@ class WorkerPool:
                                       "restarts": 0}
         self._ctx = mp.get_context(start_method)
         if preload and start_method == "forkserver":
-            self._ctx.set_forkserver_preload(list(preload))
+            modules = list(preload)
+            if "__main__" in modules:
+                modules += [m for m in main_module_imports() if m not in modules]
+            self._ctx.set_forkserver_preload(modules)
         self._target = (init, handle, finalize)
+        self._spawn_error: str | None = None
         self._workers: list[_Worker | None] = [None] * num_workers
         self._finalizer = weakref.finalize(self, _shutdown, self._workers, self.kill_grace)
         self._closed = False
@@ -369,7 +421,8 @@ class WorkerPool:
             raise RuntimeError(f"worker {i}: max_restarts={self.max_restarts} restarts are "
                                "used up")
         self._take_down(i)
-        self._respawn(i)
+        if not self._respawn(i):
+            raise RuntimeError(f"worker {i}: {self._empty_note()}")
 
     def close(self) -> None:
         """Stop every worker and reap its process; idempotent."""
@@ -401,10 +454,16 @@ class WorkerPool:
         return self.max_restarts is None or self.stats["restarts"] < self.max_restarts
 
     def _respawn(self, i: int) -> bool:
-        """Start a replacement in the empty slot ``i``; ``False`` when the budget is spent."""
+        """Start a replacement in the empty slot ``i``; ``False`` when the budget is spent or
+        the process cannot be created (``_spawn_error`` says why; the slot stays empty)."""
         if not self._budget_left():
             return False
-        self._workers[i] = self._spawn(i)
+        try:
+            self._workers[i] = self._spawn(i)
+        except Exception as exc:  # noqa: BLE001 - e.g. EAGAIN/EMFILE: retried at the next need
+            self._spawn_error = _describe(exc)
+            return False
+        self._spawn_error = None
         self.stats["restarts"] += 1
         return True
 
@@ -441,9 +500,9 @@ class WorkerPool:
                           if w is not None and w.state != "idle"]
                 if not rnd.remaining:
                     break
-                if not active:  # every slot is empty and the restart budget is spent
+                if not active:  # every slot is empty: no budget left, or no process could start
                     for j in [*rnd.shared, *(j for q in rnd.pinned for j in q)]:
-                        self._finish(rnd, j, CallResult(False, error=self._spent_note()))
+                        self._finish(rnd, j, CallResult(False, error=self._empty_note()))
                     break
                 left = min(w.deadline for _, w in active) - time.monotonic()
                 wait_handles([h for _, w in active for h in (w.conn, w.process.sentinel)],
@@ -458,7 +517,10 @@ class WorkerPool:
             raise
         return rnd.results  # type: ignore[return-value]
 
-    def _spent_note(self) -> str:
+    def _empty_note(self) -> str:
+        """Why an empty slot has no worker: a failed process start, or the spent budget."""
+        if self._spawn_error is not None and self._budget_left():
+            return f"no worker: starting a replacement process failed: {self._spawn_error}"
         return f"no worker left: max_restarts={self.max_restarts} restarts are used up"
 
     def _dispatch(self, rnd: _Round) -> None:
@@ -469,7 +531,7 @@ class WorkerPool:
             if self._workers[i] is None and not self._respawn(i):
                 if rnd.pinned[i]:
                     self._finish(rnd, rnd.pinned[i].popleft(), CallResult(
-                        False, error=f"worker {i}: {self._spent_note()}"))
+                        False, error=f"worker {i}: {self._empty_note()}"))
                 continue
             w = self._workers[i]
             if w is None or w.state != "idle":

@@ -1,8 +1,13 @@
-"""The single-turn reasoning env: reset/step contract, verifier reward, seeds, pools, BC."""
+"""The single-turn reasoning env: reset/step contract, verifier reward, seeds, pools, BC, and
+an answer that would block in native code under every pool backend."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -114,9 +119,17 @@ def test_expert_actions_and_missing_solutions(env, tmp_path):
     path.write_text(json.dumps({"prompt": "What is 1 + 1?", "answer": 2}) + "\n")
     plain = ReasoningEnv(str(path))
     plain.reset(0)
-    with pytest.raises(RuntimeError, match=r"behaviour cloning needs a 'solution' field; set "
-                       r"bc.enabled=false or add solutions"):
-        plain.expert_actions()
+    # no worked solution: the expert reply is the gold answer in the verifier's format, and it
+    # verifies as correct (so behaviour cloning on such data teaches the format and answers)
+    assert plain.expert_actions() == ["<think></think><answer>2</answer>"]
+    assert plain.step(plain.expert_actions()[0])[1] == 1.0
+    for mode, reply in [("boxed", "\\boxed{2}"), ("gsm8k", "#### 2"), ("free", "2")]:
+        other = ReasoningEnv(str(path), verifier=mode)
+        other.reset(0)
+        assert other.expert_actions() == [reply]
+        assert other.step(reply)[1] == 1.0, mode
+        other.close()
+    plain.reset(0)
     assert plain.step("<answer>2</answer>")[1] == 1.0
     plain.close()
     plain.close()  # idempotent
@@ -154,3 +167,43 @@ def test_process_pool_round_trip():
         assert all(r.done and not r.failed for r in results)
         assert results[0].won and results[0].extra["gold"] == probe.items[4].answer
         assert pool.stats["failures"] == 0
+
+
+# -- an answer that sits in native code (issue 13, finding 4) -----------------------------------
+
+BOXED_TOWER = r"\boxed{9^{9^{9^{9}}}}"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("math_verify") is None,
+                    reason="math-verify not installed (the builtin backend refuses huge powers)")
+@pytest.mark.parametrize("backend", ["serial", "thread", "process"])
+def test_a_power_tower_answer_times_out_under_every_backend(backend):
+    """With the thread backend this answer froze the whole process (sympy's big-integer power
+    holds the GIL; step_timeout never fired).  Now the check runs in a process with the
+    verifier's deadline (serial, thread) or in the env's worker under math-verify's alarm
+    (process): reward 0, reason "timeout", in bounded time.  A subprocess with a hard timeout
+    keeps a regression from hanging the test run."""
+    code = textwrap.dedent(f"""
+        import json, time
+        from grouprl.envs import EnvPool
+        kw = {{"size": 4, "verifier": "boxed", "backend": "math_verify",
+              "verifier_timeout": 1.0}}
+        with EnvPool("reasoning", kw, 2, backend={backend!r}, step_timeout=30) as pool:
+            pool.reset([0, 1])
+            start = time.monotonic()
+            results = pool.step([{BOXED_TOWER!r}, "no answer"])
+            print(json.dumps({{"s": time.monotonic() - start,
+                              "rewards": [r.reward for r in results],
+                              "failed": [r.failed for r in results],
+                              "reasons": [r.extra["reason"] for r in results]}}))
+        """)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"backend={backend}: froze on {BOXED_TOWER}")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["rewards"] == [0.0, 0.0] and got["failed"] == [False, False]
+    assert got["reasons"] == ["timeout", "no_answer"]  # counted as a verifier timeout
+    assert got["s"] < 25.0  # the verifier's deadline, not step_timeout's (30 s)

@@ -16,6 +16,7 @@ from grouprl.rewards.verify import (
     Verifier,
     VerifyResult,
     builtin_equal,
+    close_isolated_verifiers,
     verify_answer,
 )
 from testing_utils import alive
@@ -344,3 +345,53 @@ def test_pool_batch_equals_serial_verify_answer():
     with Verifier(mode="boxed", backend="math_verify", workers=2, timeout_s=20.0) as pool:
         assert pool.verify_batch([r for r, _ in rows], [g for _, g in rows]) == serial
         assert pool.stats["calls"] == len(rows) and pool.stats["timeouts"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Isolated verifiers: never in this process, worker processes shared, deadline per call
+# ---------------------------------------------------------------------------------------------
+
+
+def pid_check(response: str, gold: str) -> VerifyResult:
+    """Top-level check that reports the process it ran in (``pred``) and hangs on request."""
+    if response == "hang":
+        time.sleep(60)
+    return VerifyResult(True, str(os.getpid()), gold, "ok")
+
+
+def test_isolated_verifier_checks_in_shared_worker_processes_with_a_deadline():
+    close_isolated_verifiers()
+    try:
+        first = Verifier(fn=pid_check, timeout_s=1.0)
+        assert first("x", "1").pred == str(os.getpid())  # in-process until isolated
+        first.isolate()
+        second = Verifier(fn=pid_check, timeout_s=1.0, isolated=True)
+        worker = first("x", "1").pred
+        assert worker != str(os.getpid())
+        assert second("x", "1").pred == worker  # the same settings share the worker
+        # threads (a thread backend's envs) each get a worker; a hang holds up only its own
+        results: dict[str, VerifyResult] = {}
+        calls = [("hang", Verifier(fn=pid_check, timeout_s=1.0, isolated=True)),
+                 ("a", first), ("b", second)]
+        threads = [threading.Thread(target=lambda r=r, v=v: results.update({r: v(r, "2")}))
+                   for r, v in calls]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30.0)
+        assert time.monotonic() - start < 30.0
+        assert results["hang"] == VerifyResult(False, None, "2", "timeout")
+        assert results["a"].reason == results["b"].reason == "ok"
+        assert calls[0][1].stats["timeouts"] == 1 and calls[0][1].stats["worker_restarts"] == 1
+        assert str(os.getpid()) not in (results["a"].pred, results["b"].pred)
+        assert first.stats["calls"] == 3 and second.stats["calls"] == 2
+        first.close()  # the shared workers stay for the other isolated verifiers
+        assert second("x", "3").reason == "ok"
+        pids = {int(r.pred) for r in (results["a"], results["b"])}
+    finally:
+        close_isolated_verifiers()
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids)

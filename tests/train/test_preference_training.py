@@ -35,8 +35,7 @@ def make_pairs(n: int, seed: int) -> list[dict]:
     """Sum questions; the chosen reply is tagged Y, the rejected one N (same length)."""
     rng = random.Random(seed)
     out = []
-    for _ in range(n):
-        a, b = rng.randint(0, 9), rng.randint(0, 9)
+    for a, b in rng.sample([(a, b) for a in range(10) for b in range(10)], n):
         out.append({"prompt": f"What is {a} + {b}?", "chosen": f"<answer>Y{a + b}</answer>",
                     "rejected": f"<answer>N{a + b}</answer>"})
     return out

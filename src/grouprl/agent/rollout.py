@@ -118,6 +118,7 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
     resp_mask_parts: list[torch.Tensor] = []
     logp_parts: list[torch.Tensor] = []
     truncated_generations = 0
+    truncated_prompts = 0
 
     for t in range(max_steps):
         active = [i for i in range(num_envs) if not done[i]]
@@ -128,6 +129,8 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
                                  use_chat_template=use_chat_template)
                    for i in active]
         gen = generate_fn(prompts)
+        cut = getattr(gen, "prompt_truncated", None)
+        truncated_prompts += int(cut.sum()) if cut is not None else 0
         parsed = [_RawAction(text) if raw_action else
                   parse_action(text, tag=action_tag, allow_plain=allow_plain)
                   for text in gen.texts]
@@ -207,6 +210,7 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
     ep_length = torch.bincount(envs_kept, minlength=num_envs)[kept_t]
     ep_won = torch.tensor(won, dtype=torch.bool)[kept_t]
     metrics = {"truncated_generations": float(truncated_generations),
+               "truncated_prompts": float(truncated_prompts),
                "failed_trajectories": float(sum(failed) - sum(nonfinite)),
                "nonfinite_reward_trajectories": float(sum(nonfinite))}
     metrics.update(episode_metrics(ep_return, ep_length, ep_won,

@@ -15,6 +15,8 @@ from __future__ import annotations
 from .arithmetic import arithmetic_dataset, arithmetic_pairs
 from .sources import (
     DataError,
+    DataFileNotFoundError,
+    DataWarning,
     gsm8k_gold,
     load_pairs,
     load_reasoning_dataset,
@@ -25,6 +27,8 @@ from .types import PreferencePair, ReasoningExample
 
 __all__ = [
     "DataError",
+    "DataFileNotFoundError",
+    "DataWarning",
     "PreferencePair",
     "ReasoningExample",
     "arithmetic_dataset",

@@ -16,6 +16,17 @@ Field names are configurable (``prompt_field``, ``answer_field``, ...); every ot
 record goes to ``metadata``.  ``size`` keeps the first ``size`` records (files and ``hf:``
 sources keep their order; ``seed`` only affects the builtin generator).  Errors name the source,
 the line (``.jsonl``) or record number (1-based) and the offending field.
+
+User errors are :class:`DataError` (a :class:`grouprl.validation.UserError`): a line that is not
+UTF-8 or not JSON, a missing or mistyped field (the message lists the fields the record has), an
+empty file; a missing file or uncached ``hf:`` dataset is :class:`DataFileNotFoundError` (also a
+``FileNotFoundError``).
+
+Duplicates are dropped with a :class:`DataWarning` giving their count and first location:
+reasoning examples with the same prompt, answer, solution and difficulty, and preference pairs
+with the same prompt (and system message), chosen and rejected; pairs whose chosen and rejected
+responses are identical (up to surrounding whitespace) are dropped too.  ``size`` counts the kept
+records.  The built-in generator makes no duplicates.
 """
 
 from __future__ import annotations
@@ -25,17 +36,20 @@ import json
 import os
 import random
 import re
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import huggingface_hub.constants as hub_constants
 
+from ..validation import UserError
 from .arithmetic import arithmetic_dataset, arithmetic_pairs
 from .types import PreferencePair, ReasoningExample
 
-__all__ = ["DataError", "ReasoningExample", "PreferencePair", "load_reasoning_dataset",
-           "load_pairs", "split_holdout", "gsm8k_gold", "read_records"]
+__all__ = ["DataError", "DataFileNotFoundError", "DataWarning", "ReasoningExample",
+           "PreferencePair", "load_reasoning_dataset", "load_pairs", "split_holdout",
+           "gsm8k_gold", "read_records"]
 
 _FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 _ACCEPTED = ("'builtin:arithmetic', a .jsonl/.json/.parquet path, 'hf:NAME' or "
@@ -44,8 +58,18 @@ _FIELD_HINT = "(set prompt_field/answer_field to your column names)"
 _PAIR_HINT = "(set prompt_field/chosen_field/rejected_field to your column names)"
 
 
-class DataError(ValueError):
-    """A record of a dataset is malformed (the message names the source, line and field)."""
+class DataError(UserError):
+    """A dataset is unusable: a malformed record, an empty file, an unknown source (the message
+    names the source, line and field, and the fix)."""
+
+
+class DataFileNotFoundError(DataError, FileNotFoundError):
+    """A dataset file does not exist, or an ``hf:`` dataset is not in the local cache."""
+
+
+class DataWarning(UserWarning):
+    """Records were dropped while loading a dataset (duplicates; pairs with chosen == rejected).
+    """
 
 
 # ------------------------------------------------------------------------------------------
@@ -53,12 +77,26 @@ class DataError(ValueError):
 # ------------------------------------------------------------------------------------------
 
 
+def _utf8(raw: bytes, where: str, whole_file: bool = False) -> str:
+    """``raw`` decoded as UTF-8 (a leading byte-order mark dropped); :class:`DataError` naming
+    ``where``, the line (``whole_file``), the column and the byte otherwise."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        lines = raw[:exc.start].split(b"\n")
+        at = f"line {len(lines)}, byte {len(lines[-1]) + 1} of the line" if whole_file else \
+            f"byte {exc.start + 1} of the line"
+        raise DataError(f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at {at}); save "
+                        f"the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
 def _jsonl(path: Path, label: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            where = f"{label} line {lineno}"
+            line = _utf8(raw, where)
             if not line.strip():
                 continue
-            where = f"{label} line {lineno}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -69,7 +107,7 @@ def _jsonl(path: Path, label: str) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def _json(path: Path, label: str) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_utf8(path.read_bytes(), label, whole_file=True))
     except json.JSONDecodeError as exc:
         raise DataError(f"{label}: invalid JSON ({exc.msg} at line {exc.lineno} column "
                         f"{exc.colno})") from None
@@ -121,7 +159,7 @@ def _hf(source: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
     spec = source[3:]
     name, _, config = spec.partition(":")
     if not name:
-        raise ValueError(f"source: {source!r} must look like 'hf:NAME' or 'hf:NAME:CONFIG'")
+        raise DataError(f"source: {source!r} must look like 'hf:NAME' or 'hf:NAME:CONFIG'")
     try:
         import datasets
     except ModuleNotFoundError:
@@ -131,7 +169,7 @@ def _hf(source: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
         try:
             data = datasets.load_dataset(name, config or None, split=split)
         except Exception as exc:  # datasets raises ConnectionError, FileNotFoundError, ...
-            raise FileNotFoundError(
+            raise DataFileNotFoundError(
                 f"source {source!r} (split {split!r}): cannot load it from the local Hugging "
                 f"Face cache ({type(exc).__name__}: {exc}). grouprl never downloads: load it "
                 f"once with network access (datasets.load_dataset({name!r}"
@@ -145,16 +183,17 @@ def read_records(source: str, *, split: str = "train") -> Iterator[tuple[str, di
     """Yield ``(location, record)`` of a file or ``hf:`` source (the location names the line
     or record, for error messages)."""
     if not isinstance(source, str) or not source:
-        raise ValueError(f"source: must be {_ACCEPTED}, got {source!r}")
+        raise DataError(f"source: must be {_ACCEPTED}, got {source!r}")
     if source.startswith("hf:"):
         yield from _hf(source, split)
         return
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
     if suffix not in _FILE_SUFFIXES:
-        raise ValueError(f"source: unknown {source!r}; accepted: {_ACCEPTED}")
+        raise DataError(f"source: unknown {source!r}; accepted: {_ACCEPTED}")
     if not path.is_file():
-        raise FileNotFoundError(f"source {source!r}: no such file")
+        what = "is a directory, not a file" if path.is_dir() else "no such file"
+        raise DataFileNotFoundError(f"source {source!r}: {what}")
     reader = {".jsonl": _jsonl, ".json": _json, ".parquet": _parquet}[suffix]
     for where, record in reader(path, source):
         if not isinstance(record, dict):
@@ -214,7 +253,7 @@ def gsm8k_gold(rationale: str) -> str | None:
 
 def _check_size(size: Any) -> None:
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-        raise ValueError(f"size: must be None or an int >= 0, got {size!r}")
+        raise DataError(f"size: must be None or an int >= 0, got {size!r}")
 
 
 def _difficulty_set(difficulty: Any) -> set[int] | None:
@@ -222,25 +261,59 @@ def _difficulty_set(difficulty: Any) -> set[int] | None:
         return None
     raw = [difficulty] if isinstance(difficulty, int) else list(difficulty)
     if any(isinstance(d, bool) or not isinstance(d, int) for d in raw) or not raw:
-        raise ValueError(f"difficulty: must be None, an int or a list of ints, got "
+        raise DataError(f"difficulty: must be None, an int or a list of ints, got "
                          f"{difficulty!r}")
     return set(raw)
 
 
+class _Dropped:
+    """Count and first location of the records dropped for one reason."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self.count, self.first = what, 0, ""
+
+    def add(self, where: str) -> None:
+        self.count += 1
+        self.first = self.first or where
+
+    def __str__(self) -> str:
+        return f"{self.count} {self.what} (first: {self.first})"
+
+
 def _collect(records: Iterator[tuple[str, dict[str, Any]]], convert: Callable[[str, dict], Any],
              size: int | None, keep: Callable[[Any], bool] = lambda _: True,
-             source: str = "") -> list[Any]:
+             source: str = "", key: Callable[[Any], Hashable] | None = None,
+             duplicates: str = "duplicate records",
+             reject: Callable[[Any], bool] | None = None, rejected: str = "") -> list[Any]:
+    """Convert records until ``size`` are kept; drop the ones ``keep`` refuses, those whose
+    ``key`` was seen before and those ``reject`` flags, warning once with the dropped counts."""
     out: list[Any] = []
-    seen = 0
+    seen: set[Hashable] = set()
+    dropped = [_Dropped(duplicates), _Dropped(rejected)]
+    n_records = 0
     for where, record in records:
         if size is not None and len(out) >= size:
             break
-        seen += 1
+        n_records += 1
         item = convert(where, record)
-        if keep(item):
-            out.append(item)
-    if seen == 0 and size != 0:
-        raise DataError(f"source {source!r}: no records")
+        if not keep(item):
+            continue
+        if reject is not None and reject(item):
+            dropped[1].add(where)
+            continue
+        if key is not None:
+            k = key(item)
+            if k in seen:
+                dropped[0].add(where)
+                continue
+            seen.add(k)
+        out.append(item)
+    if n_records == 0 and size != 0:
+        raise DataError(f"source {source!r}: no records (the file is empty or holds only blank "
+                        f"lines); point it at a file with one JSON object per record")
+    notes = [str(d) for d in dropped if d.count]
+    if notes:
+        warnings.warn(f"{source}: dropped {' and '.join(notes)}", DataWarning, stacklevel=3)
     return out
 
 
@@ -277,7 +350,7 @@ def load_reasoning_dataset(source: str, *, split: str = "train",
     levels = _difficulty_set(difficulty)
     if isinstance(source, str) and source.startswith("builtin:"):
         if source != "builtin:arithmetic":
-            raise ValueError(f"source: unknown builtin {source!r}; accepted: "
+            raise DataError(f"source: unknown builtin {source!r}; accepted: "
                              f"'builtin:arithmetic' (pairs: use load_pairs)")
         return arithmetic_dataset(split, difficulty=None if levels is None else sorted(levels),
                                   size=size, seed=seed)
@@ -314,7 +387,9 @@ def load_reasoning_dataset(source: str, *, split: str = "train",
                                 difficulty=level, metadata=metadata)
 
     return _collect(read_records(source, split=split), convert, size,
-                    keep=lambda ex: levels is None or ex.difficulty in levels, source=source)
+                    keep=lambda ex: levels is None or ex.difficulty in levels, source=source,
+                    key=lambda ex: (ex.prompt, ex.answer, ex.solution, ex.difficulty),
+                    duplicates="duplicate examples (same prompt, answer, solution, difficulty)")
 
 
 # ------------------------------------------------------------------------------------------
@@ -355,7 +430,7 @@ def load_pairs(source: str, *, split: str = "train", size: int | None = None, se
     _check_size(size)
     if isinstance(source, str) and source.startswith("builtin:"):
         if source != "builtin:arithmetic_pairs":
-            raise ValueError(f"source: unknown builtin {source!r}; accepted: "
+            raise DataError(f"source: unknown builtin {source!r}; accepted: "
                              f"'builtin:arithmetic_pairs'")
         return arithmetic_pairs(split, size=size, seed=seed)
     consumed = {prompt_field, chosen_field, rejected_field}
@@ -389,7 +464,11 @@ def load_pairs(source: str, *, split: str = "train", size: int | None = None, se
         return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected,
                               metadata=metadata)
 
-    return _collect(read_records(source, split=split), convert, size, source=source)
+    return _collect(read_records(source, split=split), convert, size, source=source,
+                    key=lambda p: (p.prompt, p.metadata.get("system"), p.chosen, p.rejected),
+                    duplicates="duplicate pairs (same prompt, chosen, rejected)",
+                    reject=lambda p: p.chosen.strip() == p.rejected.strip(),
+                    rejected="pairs whose chosen and rejected responses are identical")
 
 
 # ------------------------------------------------------------------------------------------

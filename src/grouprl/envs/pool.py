@@ -1,15 +1,21 @@
-"""A batch of text environments stepped together, with step limits and failure isolation.
+"""A batch of text environments stepped together, with step limits, failure isolation and a
+fault budget.
 
 ``EnvPool(name, kwargs, num_envs, backend=...)`` builds ``num_envs`` envs with
 ``make_env(name, **kwargs)`` and steps them in one call:
 
 * ``backend="serial"``: in the caller's thread, one after another.  Exceptions are isolated, but
   a hung env cannot be interrupted (``step_timeout`` is not enforced).
-* ``backend="thread"``: a ``concurrent.futures.ThreadPoolExecutor`` (``num_workers`` threads,
-  default one per env); a call that has run ``step_timeout`` seconds is *abandoned*: Python
-  cannot kill a thread, so the hung call keeps running in the background (and the interpreter
-  waits for it at exit) while its env object is dropped, never touched again, and replaced.
-  Envs should release the GIL (I/O, subprocesses, native code) for threads to help.
+* ``backend="thread"``: daemon threads (``num_workers``, default one per env); a call that has
+  run ``step_timeout`` seconds is *abandoned*: Python cannot kill a thread, so the hung call
+  keeps running in the background while its env object is dropped, never touched again, and
+  replaced.  The deadline fires for any hang in Python code (a loop, ``sleep``, I/O); the
+  threads are daemons, so an abandoned call never keeps the interpreter from exiting.  A thread
+  stuck in native code that holds the GIL stops every thread, the pool's included: an env that
+  can do that declares ``blocks_in_native_code = True`` and the thread backend refuses it
+  (use ``backend="process"``), unless it moves those calls out of the process itself
+  (``isolate_native_calls``, below).  Envs should release the GIL (I/O, subprocesses, native
+  code) for threads to help.
 * ``backend="process"``: a :class:`grouprl.workers.WorkerPool` with one persistent worker
   process per env (start method ``forkserver`` where available, else ``spawn``); each call is
   pinned to its env's worker.  A hung worker is terminated (SIGTERM, which runs the env's
@@ -19,14 +25,39 @@
   work.  As with any spawn/forkserver multiprocessing, a script that builds such a pool must
   guard its entry point with ``if __name__ == "__main__":`` (workers re-import the main module).
 
+Optional env hooks the pool uses (neither is part of :class:`~grouprl.envs.base.TextEnv`):
+
+* ``isolate_native_calls()``: the in-process backends (serial, thread) call it on every env they
+  build; the env then runs each call that can block in native code (e.g. a symbolic answer
+  check: sympy on ``9^{9^{9^{9}}}``) in a child process with a deadline of its own
+  (:class:`~grouprl.envs.reasoning.ReasoningEnv` does, for its verifier).  The function
+  :func:`isolate_native_calls` applies it to an env made outside a pool.
+* ``blocks_in_native_code = True`` (class attribute): the env can block in native code and has
+  no ``isolate_native_calls``; the thread backend refuses it with a message.
+
 Results (:class:`ResetResult`, :class:`StepResult`) are plain dataclasses.  The pool counts steps
 since reset and ends an episode at ``max_steps`` (``done=True, truncated=True``).  When an env's
 reset/step raises, times out or its worker dies, the result has ``failed=True`` (``done=True``,
 ``reward=0.0``, ``error`` says why), ``stats`` is updated and the env is replaced by a fresh
 instance (a new worker process at once; in-process backends build the new object at its next
-call); the trainer drops failed trajectories.  A failed reset is retried on the fresh env up to
-3 times, then ``RuntimeError``.  After an episode ends (done or failed) the caller passes ``None``
-as that env's action until the next reset; passing an action raises ``ValueError``.
+call); the trainer drops failed trajectories.  Replacements are unlimited by default
+(``max_restarts``).  Every env's result of a call is processed (its status, its step count, its
+replacement) before anything is raised, so one env's failure never loses the others' results.
+A failed reset is retried on the fresh env up to 3 times, then :class:`EnvResetFailed` (or, with
+``allow_failed=True``, a failed :class:`ResetResult`).  After an episode ends (done or failed)
+the caller passes ``None`` as that env's action until the next reset; passing an action raises
+``ValueError``.
+
+Fault budget
+------------
+``max_failed_fraction`` (``None``: no budget) bounds the failed trajectories of a *window*: the
+window opens at construction and again at each :meth:`EnvPool.new_window` (the trainer opens
+one per iteration).  It counts ``episodes`` (envs reset in it) and ``failures`` (episodes ended
+by a failed step or expert-plan call — an exception, a crash, a hang past ``step_timeout`` — or
+never started because their reset kept failing; a reset that succeeds on retry is counted in
+``stats`` only).  When ``failures`` exceeds ``max_failed_fraction · max(episodes, num_envs)``
+the call that saw it raises :class:`EnvFaultBudgetExceeded` (after processing every env's
+result: ``results`` holds them); 1.0 never raises.  ``window`` holds the counts.
 """
 
 from __future__ import annotations
@@ -34,9 +65,11 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import pickle
+import queue
+import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -47,10 +80,31 @@ from grouprl.workers import CallResult, WorkerPool, WorkerStartError
 from .base import OPTIONAL_STEP_INFO_KEYS, RESET_INFO_KEYS, STEP_INFO_KEYS, anchor_of
 from .registry import resolve_factory
 
-__all__ = ["BACKENDS", "EnvPool", "ResetResult", "StepResult"]
+__all__ = ["BACKENDS", "EnvFault", "EnvFaultBudgetExceeded", "EnvPool", "EnvResetFailed",
+           "ResetResult", "StepResult", "expert_plan", "isolate_native_calls"]
 
 BACKENDS = ("serial", "thread", "process")
 RESET_RETRIES = 3
+
+
+class EnvFault(RuntimeError):
+    """An env fault the pool does not absorb; the caller should save its work and stop.
+
+    ``results``: every env's result of the call that raised (each processed: failed envs are
+    replaced), or ``None``."""
+
+    def __init__(self, message: str, results: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.results = results
+
+
+class EnvFaultBudgetExceeded(EnvFault):
+    """More env failures in the current window than ``max_failed_fraction`` allows (or the
+    explicit ``max_restarts`` cap is spent); the message names the counts and the option."""
+
+
+class EnvResetFailed(EnvFault):
+    """An env's reset kept failing on fresh envs (``RESET_RETRIES`` retries)."""
 
 
 @dataclass
@@ -58,7 +112,8 @@ class ResetResult:
     """One env's reset: observation, task text, grouping anchor and admissible actions.
 
     ``failed``/``error`` mirror :class:`StepResult`; :meth:`EnvPool.reset` retries failed resets
-    and raises when they keep failing, so the results it returns have ``failed=False``.
+    and raises when they keep failing, so the results it returns have ``failed=False`` (unless
+    called with ``allow_failed=True``).
     """
 
     observation: str
@@ -97,6 +152,45 @@ def _slim(info: Any, keys: Sequence[str]) -> dict[str, Any]:
     return {k: info[k] for k in keys if k in info}
 
 
+EXPERT_METHODS = ("expert_actions", "gold_actions")
+
+
+def expert_plan(env: Any) -> list[str] | None:
+    """The env's expert plan for its current episode: ``env.expert_actions()`` (a solver, e.g.
+    Sokoban's BFS), else ``env.gold_actions()`` (a gold path); ``None`` when it has neither
+    method.  ``RuntimeError`` when the method finds no plan (returns ``None``)."""
+    for name in EXPERT_METHODS:
+        fn = getattr(env, name, None)
+        if callable(fn):
+            plan = fn()
+            if plan is None:
+                raise RuntimeError(f"{type(env).__name__}.{name}() found no solution")
+            return list(plan)
+    return None
+
+
+def _plan_call(env: Any) -> tuple[str, Any]:
+    """``("plan", actions)``, or ``("missing", env type name)`` when the env has no expert."""
+    plan = expert_plan(env)
+    return ("missing", type(env).__name__) if plan is None else ("plan", plan)
+
+
+def isolate_native_calls(env: Any) -> Any:
+    """Call the env's optional ``isolate_native_calls()`` hook (module docstring); returns
+    ``env``.  For an env used in-process outside a pool (e.g. a verifier probe)."""
+    hook = getattr(env, "isolate_native_calls", None)
+    if callable(hook):
+        hook()
+    return env
+
+
+def _call_env(env: Any, method: str, arg: Any) -> Any:
+    """An in-process call: ``reset``/``step`` with ``arg``, or ``expert_plan``."""
+    if method == "expert_plan":
+        return _plan_call(env)
+    return getattr(env, method)(arg)
+
+
 # --------------------------------------------------------------------------------------------
 # Backends: call({env index: (method, argument)}, timeout) -> {env index: CallResult}
 # --------------------------------------------------------------------------------------------
@@ -107,10 +201,15 @@ class _SerialBackend:
         self.factory, self.kwargs = factory, kwargs
         self.envs: list[Any] = [None] * n
 
+    def build(self) -> Any:
+        """A new env, its native calls isolated (the serial and thread backends run envs in
+        this process, where nothing can interrupt native code)."""
+        return isolate_native_calls(self.factory(**self.kwargs))
+
     def start(self, start_timeout: float | None) -> None:
         for i in range(len(self.envs)):
             try:
-                self.envs[i] = self.factory(**self.kwargs)
+                self.envs[i] = self.build()
             except Exception as exc:
                 raise RuntimeError(f"env {i}: construction failed: {_describe(exc)}") from exc
 
@@ -120,8 +219,8 @@ class _SerialBackend:
         for i, (method, arg) in calls.items():
             try:
                 if self.envs[i] is None:
-                    self.envs[i] = self.factory(**self.kwargs)
-                out[i] = CallResult(True, getattr(self.envs[i], method)(arg))
+                    self.envs[i] = self.build()
+                out[i] = CallResult(True, _call_env(self.envs[i], method, arg))
             except Exception as exc:
                 out[i] = CallResult(False, error=_describe(exc))
         return out
@@ -142,6 +241,63 @@ def _close_quietly(env: Any) -> None:
             env.close()
 
 
+class _DaemonExecutor:
+    """The thread backend's executor: up to ``workers`` *daemon* threads.
+
+    ``concurrent.futures.ThreadPoolExecutor`` joins its threads at interpreter exit, so one call
+    that never returns (an abandoned hang) would keep the process from ever exiting; daemon
+    threads end with the interpreter.  Threads start on demand, like the standard executor's."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self.workers, self.name = workers, name
+        self._queue: queue.SimpleQueue[tuple[Future, Callable[..., Any], tuple, dict] | None] = \
+            queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._threads: list[threading.Thread] = []
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        if self._shutdown:
+            raise RuntimeError("executor is shut down")
+        fut: Future = Future()
+        self._queue.put((fut, fn, args, kwargs))
+        if not self._idle.acquire(timeout=0) and len(self._threads) < self.workers:
+            t = threading.Thread(target=self._work, name=f"{self.name}_{len(self._threads)}",
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fut, fn, args, kwargs = item
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(*args, **kwargs))
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    fut.set_exception(exc)
+            del item, fut
+            self._idle.release()
+
+    def shutdown(self, cancel_futures: bool = False) -> None:
+        """No more work; queued calls are cancelled (``cancel_futures``) or still run; each
+        thread ends after its current call.  Never waits."""
+        self._shutdown = True
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+        for _ in self._threads:
+            self._queue.put(None)
+
+
 class _ThreadBackend(_SerialBackend):
     def __init__(self, factory: Callable[..., Any], kwargs: dict[str, Any], n: int,
                  workers: int) -> None:
@@ -150,25 +306,32 @@ class _ThreadBackend(_SerialBackend):
         self.executor = self._new_executor()
         self.hung: set[int] = set()
 
-    def _new_executor(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="grouprl-env")
+    def _new_executor(self) -> _DaemonExecutor:
+        return _DaemonExecutor(self.workers, "grouprl-env")
 
     def start(self, start_timeout: float | None) -> None:
-        futures = {i: self.executor.submit(self.factory, **self.kwargs)
-                   for i in range(len(self.envs))}
+        futures = {i: self.executor.submit(self.build) for i in range(len(self.envs))}
         for i, fut in futures.items():
             try:
                 self.envs[i] = fut.result(timeout=start_timeout)
             except Exception as exc:
                 raise RuntimeError(f"env {i}: construction failed: {_describe(exc)}") from exc
+        env = self.envs[0]
+        if getattr(env, "blocks_in_native_code", False) and \
+                not callable(getattr(env, "isolate_native_calls", None)):
+            raise ValueError(
+                f"backend='thread': env {type(env).__name__} declares blocks_in_native_code: a "
+                "thread stuck in native code holds the GIL and no deadline can stop it (the "
+                "whole process would freeze); use backend='process' (config: "
+                "env.backend=process)")
 
     def _invoke(self, i: int, env: Any, method: str, arg: Any,
                 starts: dict[int, float]) -> tuple[Any, CallResult]:
         starts[i] = time.monotonic()
         try:
             if env is None:
-                env = self.factory(**self.kwargs)
-            return env, CallResult(True, getattr(env, method)(arg))
+                env = self.build()
+            return env, CallResult(True, _call_env(env, method, arg))
         except Exception as exc:
             return env, CallResult(False, error=_describe(exc))
 
@@ -221,7 +384,7 @@ class _ThreadBackend(_SerialBackend):
                 if fut.cancel():
                     pending.discard(fut)
                     pending.add(submit(index[fut]))
-            old.shutdown(wait=False)
+            old.shutdown()
         return out
 
     def restart(self, i: int, out: CallResult) -> None:
@@ -232,7 +395,7 @@ class _ThreadBackend(_SerialBackend):
             super().restart(i, out)
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor.shutdown(cancel_futures=True)
         for i in self.hung:
             self.envs[i] = None
         super().close()
@@ -247,11 +410,14 @@ def _make_env(factory: Callable[..., Any] | None, name: str, kwargs: dict[str, A
 
 
 def _env_call(env: Any, request: tuple[str, Any]) -> tuple[Any, ...]:
-    """Worker call: ``("reset", seed)`` or ``("step", action)``, info slimmed to what pickles."""
+    """Worker call: ``("reset", seed)``, ``("step", action)`` or ``("expert_plan", None)``;
+    info slimmed to what pickles."""
     method, arg = request
     if method == "reset":
         obs, info = env.reset(arg)
         return obs, _slim(info, RESET_INFO_KEYS)
+    if method == "expert_plan":
+        return _plan_call(env)
     obs, reward, done, info = env.step(arg)
     return obs, reward, done, _slim(info, STEP_INFO_KEYS + OPTIONAL_STEP_INFO_KEYS)
 
@@ -312,22 +478,26 @@ class EnvPool:
             limit; not enforced by ``"serial"``).
         num_workers: threads of the ``"thread"`` backend (default ``num_envs``); must stay
             ``None`` for the others (``"process"`` always runs one worker per env).
-        max_restarts: env replacements allowed over the pool's lifetime, all backends
-            (default 100); the failure that would need one more raises ``RuntimeError``.
+        max_failed_fraction: the fault budget of a window (module docstring), in [0, 1];
+            ``None`` (default): no budget.
+        max_restarts: env replacements allowed over the pool's lifetime, all backends;
+            ``None`` (default): unlimited.  A failure once it is spent leaves the env failed and
+            the call raises :class:`EnvFaultBudgetExceeded`.
         start_timeout: seconds a worker process may take to build its env (``"process"``;
             ``None``: no limit) and the thread backend's initial construction.
         start_method: multiprocessing start method of ``"process"`` (default ``"forkserver"``
             where available, else ``"spawn"``).
 
-    ``stats`` holds cumulative ``failures`` (failed resets/steps, timeouts included),
-    ``restarts`` and ``timeouts``.  Use as a context manager or call :meth:`close`.
+    ``stats`` holds cumulative ``failures`` (failed resets/steps/plans, timeouts included),
+    ``restarts`` and ``timeouts``; ``window`` the current window's ``episodes`` and
+    ``failures`` (failed trajectories).  Use as a context manager or call :meth:`close`.
     """
 
     def __init__(self, env_name: str, env_kwargs: dict[str, Any] | None = None,
                  num_envs: int = 1, *, backend: str = "serial", max_steps: int | None = None,
                  step_timeout: float | None = 30.0, num_workers: int | None = None,
-                 max_restarts: int = 100, start_timeout: float | None = 120.0,
-                 start_method: str | None = None) -> None:
+                 max_failed_fraction: float | None = None, max_restarts: int | None = None,
+                 start_timeout: float | None = 120.0, start_method: str | None = None) -> None:
         self._closed = True  # until fully built (close()/__del__ stay safe)
         self._backend: Any = None
         check_int("num_envs", num_envs, 1)
@@ -341,7 +511,8 @@ class EnvPool:
                                  f"backend runs one worker per env); got {num_workers!r} with "
                                  f"backend={backend!r}")
             check_int("num_workers", num_workers, 1)
-        check_int("max_restarts", max_restarts, 0)
+        check_number("max_failed_fraction", max_failed_fraction, 0, 1, none_ok=True)
+        check_int("max_restarts", max_restarts, 0, none_ok=True)
         if env_kwargs is not None and not isinstance(env_kwargs, dict):
             raise TypeError(f"env_kwargs: must be a dict or None, got {type(env_kwargs).__name__}")
         self.env_name = env_name
@@ -349,11 +520,17 @@ class EnvPool:
         self.backend = backend
         self.max_steps = max_steps
         self.step_timeout = None if step_timeout is None else float(step_timeout)
+        self.max_failed_fraction = (None if max_failed_fraction is None
+                                    else float(max_failed_fraction))
         self.max_restarts = max_restarts
         self.stats: dict[str, int] = {"failures": 0, "restarts": 0, "timeouts": 0}
+        self.window: dict[str, int] = {"episodes": 0, "failures": 0}
+        self.errors: dict[int, str] = {}   # env index → the text of its latest failure
         self._n = num_envs
         self._status = ["new"] * num_envs  # new | running | done | failed
         self._steps = [0] * num_envs
+        self._over: list[str] = []  # why the restart cap stopped a replacement (this call)
+        self._last_error: str | None = None
         factory = resolve_factory(env_name)
         if backend == "serial":
             self._backend = _SerialBackend(factory, self.env_kwargs, num_envs)
@@ -382,16 +559,26 @@ class EnvPool:
             return []
         return self._backend.pool.pids
 
+    def new_window(self) -> dict[str, int]:
+        """Open a new fault-budget window (the trainer calls it at the start of each
+        iteration's rollout); returns the counts of the window just closed."""
+        closed, self.window = self.window, {"episodes": 0, "failures": 0}
+        return closed
+
     # -- reset --------------------------------------------------------------------------------
 
-    def reset(self, seeds: Sequence[int]) -> list[ResetResult]:
-        """Reset env ``i`` with ``seeds[i]``; a failed reset is retried on a fresh env 3 times."""
+    def reset(self, seeds: Sequence[int], *, allow_failed: bool = False) -> list[ResetResult]:
+        """Reset env ``i`` with ``seeds[i]``; a failed reset is retried on a fresh env 3 times,
+        then :class:`EnvResetFailed` — or, with ``allow_failed``, a failed
+        :class:`ResetResult` for that env (pass ``None`` as its action until the next reset)."""
         self._check_open()
         seeds = list(seeds)
         if len(seeds) != self._n:
             raise ValueError(f"seeds: need one seed per env ({self._n}), got {len(seeds)}")
+        self.window["episodes"] += self._n
         results: list[ResetResult | None] = [None] * self._n
         calls = {i: ("reset", seed) for i, seed in enumerate(seeds)}
+        given_up: list[str] = []
         for attempt in range(RESET_RETRIES + 1):
             retry = {}
             for i, out in self._backend.call(calls, self.step_timeout).items():
@@ -402,14 +589,21 @@ class EnvPool:
                         continue
                     except Exception as exc:
                         out = CallResult(False, error=f"malformed reset result: {_describe(exc)}")
-                self._fail(i, out)
-                if attempt == RESET_RETRIES:
-                    raise RuntimeError(f"env {i}: reset(seed={seeds[i]!r}) failed "
-                                       f"{RESET_RETRIES + 1} times; last error: {out.error}")
-                retry[i] = calls[i]
+                self._fail(i, out, trajectory=False)
+                if attempt == RESET_RETRIES or self._over:
+                    tries = attempt + 1
+                    self.window["failures"] += 1  # this episode never starts
+                    results[i] = ResetResult("", "", None, None, failed=True, error=out.error)
+                    given_up.append(f"env {i}: reset(seed={seeds[i]!r}) failed {tries} "
+                                    f"time{'s' * (tries > 1)}; last error: {out.error}")
+                else:
+                    retry[i] = calls[i]
             calls = retry
             if not calls:
                 break
+        self._raise_if_over(results)
+        if given_up and not allow_failed:
+            raise EnvResetFailed("; ".join(given_up), results)
         return results  # type: ignore[return-value]
 
     def reset_groups(self, task_seeds: Sequence[int], group_size: int) -> list[ResetResult]:
@@ -427,6 +621,45 @@ class EnvPool:
         actions = info.get("admissible_actions")
         return ResetResult(obs, info.get("task", ""), anchor_of(info, obs),
                            None if actions is None else list(actions))
+
+    # -- expert plans -------------------------------------------------------------------------
+
+    def expert_plans(self, envs: Sequence[int] | None = None) -> list[list[str] | None]:
+        """The expert's plan (:func:`expert_plan`) of the current episode of each env in
+        ``envs`` (default: every running env), computed where the env lives (its worker
+        process for ``"process"``) under ``step_timeout``.  An entry is ``None`` for an env not
+        asked, or whose call failed: the failure is counted and the env replaced like a failed
+        step (pass ``None`` as its action until the next reset).  ``TypeError`` when an env
+        has neither ``expert_actions()`` nor ``gold_actions()``."""
+        self._check_open()
+        wanted = [i for i in range(self._n) if self._status[i] == "running"] if envs is None \
+            else list(envs)
+        for i in wanted:
+            check_int("envs[]", i, 0, self._n - 1)
+            if self._status[i] != "running":
+                raise ValueError(f"envs: env {i} has no running episode (reset it first)")
+        plans: list[list[str] | None] = [None] * self._n
+        missing = None
+        for i, out in self._backend.call({i: ("expert_plan", None) for i in wanted},
+                                         self.step_timeout).items():
+            if out.ok:
+                try:
+                    kind, value = out.value
+                    if kind == "missing":
+                        missing = value
+                    else:
+                        plans[i] = list(value)
+                    continue
+                except Exception as exc:
+                    out = CallResult(False, error=f"malformed expert plan: {_describe(exc)}")
+            self._fail(i, out)
+        if missing is not None:
+            self._over = []
+            raise TypeError(f"env {missing} has no expert_actions() or gold_actions(): no "
+                            "expert trajectories to clone or to train a tokenizer on (for "
+                            "behaviour cloning: set bc.enabled=false)")
+        self._raise_if_over(plans)
+        return plans
 
     # -- step ---------------------------------------------------------------------------------
 
@@ -460,6 +693,7 @@ class EnvPool:
             self._fail(i, out)
             results[i] = StepResult("", 0.0, True, False, False, None, None, failed=True,
                                     error=out.error)
+        self._raise_if_over(results)
         return results
 
     def _step_result(self, i: int, value: Any) -> StepResult:
@@ -478,17 +712,47 @@ class EnvPool:
 
     # -- failures -----------------------------------------------------------------------------
 
-    def _fail(self, i: int, out: CallResult) -> None:
-        """Count a failure and replace env ``i`` by a fresh instance."""
+    def _fail(self, i: int, out: CallResult, *, trajectory: bool = True) -> None:
+        """Count a failure (in the window too when it ends a ``trajectory``; a reset that is
+        retried does not) and replace env ``i`` by a fresh instance.  Never raises: what must
+        stop the caller is raised by :meth:`_raise_if_over` once every result is processed."""
         self._status[i] = "failed"
         self.stats["failures"] += 1
+        self.window["failures"] += trajectory
+        self._last_error = f"env {i}: {out.error}"
+        self.errors[i] = str(out.error)
         if out.timed_out:
             self.stats["timeouts"] += 1
-        if self.stats["restarts"] >= self.max_restarts:
-            raise RuntimeError(f"env {i} failed ({out.error}) and max_restarts="
-                               f"{self.max_restarts} restarts are used up")
-        self._backend.restart(i, out)
+        if self.max_restarts is not None and self.stats["restarts"] >= self.max_restarts:
+            self._over.append(f"env {i} failed ({out.error}) and max_restarts="
+                              f"{self.max_restarts} restarts are used up")
+            return
+        try:
+            self._backend.restart(i, out)
+        except Exception as exc:  # noqa: BLE001 - the next call that needs env i retries it
+            self._last_error += f"; its replacement failed to start: {_describe(exc)}"
+            return
         self.stats["restarts"] += 1
+
+    def _raise_if_over(self, results: list[Any]) -> None:
+        """Raise :class:`EnvFaultBudgetExceeded` when the restart cap stopped a replacement in
+        this call, or the window's failures exceed ``max_failed_fraction``."""
+        over, self._over = self._over, []
+        if over:
+            raise EnvFaultBudgetExceeded("; ".join(over), results)
+        f = self.max_failed_fraction
+        w = self.window
+        if f is None or f >= 1.0:
+            return
+        episodes = max(w["episodes"], self._n)
+        if w["failures"] > f * episodes:
+            timeout = "" if self.step_timeout is None else f"={self.step_timeout:g}s"
+            raise EnvFaultBudgetExceeded(
+                f"env faults: {w['failures']} failed of {episodes} trajectories in this "
+                f"window (exceptions, crashes, hangs past step_timeout{timeout}), more than "
+                f"max_failed_fraction={f:g} allows ({int(f * episodes)}); last: "
+                f"{self._last_error}. Fix the env, or raise the budget (config key "
+                f"env.max_failed_fraction; 1 = never stop)", results)
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -517,4 +781,3 @@ class EnvPool:
     def __repr__(self) -> str:
         return (f"EnvPool({self.env_name!r}, num_envs={self._n}, backend={self.backend!r}, "
                 f"max_steps={self.max_steps}, step_timeout={self.step_timeout})")
-

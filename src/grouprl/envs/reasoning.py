@@ -14,7 +14,20 @@ the env was made with.
 
 Rewards: 1.0 when the verifier says the reply is correct, else 0.0 (wrong, unparseable, timed
 out, or an unparseable gold: ``info["correct"] is None``).  ``info["verify_reason"]`` tells why.
-Datasets are loaded once per process and argument set (a pool of 64 envs reads a file once).
+
+Where the check runs: a symbolic check can sit in native code for minutes holding the GIL
+(sympy's big-integer power on ``\boxed{9^{9^{9^{9}}}}``), where no Python-level deadline can
+stop it.  In a pool worker process (``EnvPool`` backend ``process``) the check runs in that
+process, under math-verify's own alarm and the pool's ``step_timeout``; when the env runs in
+the trainer's process (backends ``serial`` and ``thread``) the pool calls
+:meth:`ReasoningEnv.isolate_native_calls` and every check runs in a verifier worker process
+with the ``verifier_timeout`` deadline (a check past it scores 0 with reason ``"timeout"``).
+Datasets are loaded once per process and argument set (a pool of 64 envs reads a file once),
+and a dataset *file* is parsed once per machine: the first process parses it into a shared,
+memory-mapped store that the pool's worker processes open without parsing
+(:mod:`grouprl.data.store`).  :meth:`ReasoningEnv.prepare_data` does that in the trainer before
+any worker starts, so a malformed file fails there with a :class:`~grouprl.data.DataError` naming
+its line and field.
 """
 
 from __future__ import annotations
@@ -25,13 +38,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from grouprl.data.sources import load_reasoning_dataset
+from grouprl.data.sources import DataError
+from grouprl.data.store import shared_reasoning_dataset
 from grouprl.data.types import ReasoningExample
 from grouprl.rewards.verify import Verifier
 
 __all__ = ["ReasoningEnv", "clear_dataset_cache"]
 
-_CACHE: dict[tuple, tuple[ReasoningExample, ...]] = {}
+_CACHE: dict[tuple, Sequence[ReasoningExample]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -52,13 +66,39 @@ def _file_stamp(source: str) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def _load(key: tuple, kwargs: dict[str, Any]) -> tuple[ReasoningExample, ...]:
+def _load(key: tuple, kwargs: dict[str, Any]) -> Sequence[ReasoningExample]:
     with _CACHE_LOCK:
         items = _CACHE.get(key)
         if items is None:
-            items = tuple(load_reasoning_dataset(**kwargs))
+            items = shared_reasoning_dataset(kwargs)
             _CACHE[key] = items
         return items
+
+
+def _examples(dataset: Any, split: str, difficulty: Sequence[int] | int | None,
+              size: int | None, data_seed: int, prompt_field: str, answer_field: str,
+              solution_field: str | None, gsm8k_answers: bool) -> Sequence[ReasoningExample]:
+    """The examples an env with these arguments shows (cached per process, shared per machine);
+    :class:`DataError` when there are none."""
+    if not isinstance(dataset, str) or not dataset:
+        raise DataError(f"dataset: must be 'builtin:arithmetic', a .jsonl/.json/.parquet "
+                        f"path or 'hf:NAME[:CONFIG]', got {dataset!r}")
+    levels = None if difficulty is None else (
+        (difficulty,) if isinstance(difficulty, int) else tuple(sorted(set(difficulty))))
+    kwargs = dict(source=dataset, split=split, difficulty=levels, size=size, seed=data_seed,
+                  prompt_field=prompt_field, answer_field=answer_field,
+                  solution_field=solution_field, gsm8k_answers=bool(gsm8k_answers))
+    key = tuple(sorted(kwargs.items())) + (("_stamp", _file_stamp(dataset)),)
+    items = _load(key, kwargs)
+    if not items:
+        raise DataError(f"dataset: {dataset!r} (split={split!r}, difficulty={difficulty!r}, "
+                        f"size={size!r}) has no examples")
+    return items
+
+
+ANSWER_ONLY_REPLY = {"answer_tag": "<think></think><answer>{answer}</answer>",
+                     "boxed": "\\boxed{{{answer}}}", "gsm8k": "#### {answer}", "free": "{answer}"}
+"""The expert reply of an item without a worked solution, per verifier mode."""
 
 
 class ReasoningEnv:
@@ -105,20 +145,11 @@ class ReasoningEnv:
         for name, value in (("prompt_prefix", prompt_prefix), ("prompt_suffix", prompt_suffix)):
             if not isinstance(value, str):
                 raise TypeError(f"{name}: must be a str, got {type(value).__name__}")
-        if not isinstance(dataset, str) or not dataset:
-            raise ValueError(f"dataset: must be 'builtin:arithmetic', a .jsonl/.json/.parquet "
-                             f"path or 'hf:NAME[:CONFIG]', got {dataset!r}")
-        levels = None if difficulty is None else (
-            (difficulty,) if isinstance(difficulty, int) else tuple(sorted(set(difficulty))))
-        kwargs = dict(source=dataset, split=split, difficulty=levels, size=size, seed=data_seed,
-                      prompt_field=prompt_field, answer_field=answer_field,
-                      solution_field=solution_field, gsm8k_answers=bool(gsm8k_answers))
-        key = tuple(sorted(kwargs.items())) + (("_stamp", _file_stamp(dataset)),)
-        self.items: tuple[ReasoningExample, ...] = _load(key, kwargs)
-        if not self.items:
-            raise ValueError(f"dataset: {dataset!r} (split={split!r}, difficulty={difficulty!r}, "
-                             f"size={size!r}) has no examples")
+        self.items: Sequence[ReasoningExample] = _examples(
+            dataset, split, difficulty, size, data_seed, prompt_field, answer_field,
+            solution_field, gsm8k_answers)
         self.dataset = dataset
+        self.verifier_mode = verifier
         self.prompt_prefix = prompt_prefix
         self.prompt_suffix = prompt_suffix
         self._verifier: Any = Verifier(mode=verifier, backend=backend,
@@ -126,6 +157,19 @@ class ReasoningEnv:
                                        require_think_close=require_think_close)
         self._index: int | None = None
         self._done = False
+
+    @classmethod
+    def prepare_data(cls, dataset: str = "builtin:arithmetic", split: str = "train", *,
+                     difficulty: Sequence[int] | int | None = None, size: int | None = None,
+                     data_seed: int = 0, prompt_field: str = "prompt",
+                     answer_field: str = "answer", solution_field: str | None = "solution",
+                     gsm8k_answers: bool = False, **_other: Any) -> int:
+        """Load the dataset that env kwargs select, in this process, before any env or worker
+        is made: a file is parsed here once and shared with the workers
+        (:mod:`grouprl.data.store`); a bad file raises its :class:`~grouprl.data.DataError`
+        here. Kwargs that do not select data are ignored. Returns the number of examples."""
+        return len(_examples(dataset, split, difficulty, size, data_seed, prompt_field,
+                             answer_field, solution_field, gsm8k_answers))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -179,14 +223,24 @@ class ReasoningEnv:
                           "reason": result.reason, "pred": result.pred}}
         return "", 1.0 if correct is True else 0.0, True, info
 
+    def isolate_native_calls(self) -> None:
+        """Run every answer check in a verifier worker process with the ``verifier_timeout``
+        deadline, never in this process (module docstring; :class:`~grouprl.envs.EnvPool`'s
+        in-process backends call it)."""
+        if self._verifier is None:
+            raise RuntimeError("isolate_native_calls: the env is closed")
+        self._verifier.isolate()
+
     def expert_actions(self) -> list[str]:
-        """The expert reply of the current item, as a one-action plan (behaviour cloning)."""
+        """The expert reply of the current item, as a one-action plan (behaviour cloning): its
+        worked solution, or — for data without solutions — the gold answer alone in the form
+        the verifier reads (``<think></think><answer>A</answer>``, ``\\boxed{A}``, ``#### A``,
+        ``A``): the warm start then learns the output format and the training answers, not how
+        to reason (documented; add a ``solution`` field for worked solutions)."""
         item = self.example
-        if item.solution is None:
-            raise RuntimeError(f"item {self._index} of {self.dataset!r} has no solution: "
-                               f"behaviour cloning needs a 'solution' field; set "
-                               f"bc.enabled=false or add solutions (solution_field names it)")
-        return [item.solution]
+        if item.solution is not None:
+            return [item.solution]
+        return [ANSWER_ONLY_REPLY.get(self.verifier_mode, "{answer}").format(answer=item.answer)]
 
     def close(self) -> None:
         """Close the verifier (its worker processes, if any); idempotent."""

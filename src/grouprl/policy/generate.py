@@ -18,6 +18,14 @@ exact control of
 * stop strings: after each step, the rows still running decode the tail of their response and
   stop as soon as it contains a stop string. The stop token is kept in the mask.
 
+Long prompts: a prompt longer than ``max_prompt_tokens`` tokens is *left-truncated* (its last
+``max_prompt_tokens`` tokens are kept: the question and the chat template's assistant header sit
+at the end), flagged in ``Generation.prompt_truncated`` and reported once per limit with a
+:class:`PromptTruncationWarning`. ``max_prompt_tokens=None`` uses the model's context,
+``config.max_position_embeddings - max_new_tokens`` (at least 1), so a 1 MB prompt never reaches
+the model whole (it would ask for terabytes of attention memory with a real model); a model
+config without ``max_position_embeddings`` sets no limit.
+
 Finished rows are fed the pad id and ignored; the loop ends when every row has finished or
 after ``max_new_tokens`` steps. Identical prompts (a GRPO group) share one prefill: the distinct
 prompts are run once and their KV-cache rows repeated, which divides the dominant cost of short
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,7 +44,12 @@ import torch
 
 from ..losses.logprobs import IGNORE_INDEX, token_logprobs
 
-__all__ = ["Generation", "generate", "left_pad", "response_logprobs"]
+__all__ = ["Generation", "PromptTruncationWarning", "generate", "left_pad",
+           "prompt_token_limit", "response_logprobs"]
+
+
+class PromptTruncationWarning(UserWarning):
+    """Prompts longer than ``max_prompt_tokens`` were left-truncated (module docstring)."""
 
 
 @dataclass
@@ -52,6 +66,8 @@ class Generation:
             (before top-k/top-p truncation; temperature 1 for greedy); 0 on padding.
         texts: decoded responses (special tokens skipped), cut right after the first stop string.
         truncated: (B,) True when neither EOS nor a stop string appeared within max_new_tokens.
+        prompt_truncated: (B,) True when the prompt was left-truncated to ``max_prompt_tokens``
+            (``None`` for a Generation built by hand).
     """
 
     prompt_ids: torch.LongTensor
@@ -61,6 +77,7 @@ class Generation:
     logprobs: torch.FloatTensor
     texts: list[str]
     truncated: torch.BoolTensor
+    prompt_truncated: torch.BoolTensor | None = None
 
     @property
     def response_lengths(self) -> torch.LongTensor:
@@ -158,6 +175,39 @@ def _prompt_id_lists(tokenizer, prompts, add_special_tokens: bool) -> list[list[
         if not ids:
             raise ValueError(f"prompts: item {i} is empty; every prompt needs at least one token")
     return lists
+
+
+def prompt_token_limit(model: torch.nn.Module, max_new_tokens: int,
+                       max_prompt_tokens: int | None = None) -> int | None:
+    """The prompt length :func:`generate` keeps: ``max_prompt_tokens`` if given, else the
+    model's ``max_position_embeddings - max_new_tokens`` (at least 1), else ``None`` (no
+    limit: the model config does not say its context)."""
+    if max_prompt_tokens is not None:
+        if isinstance(max_prompt_tokens, bool) or not isinstance(max_prompt_tokens, int) or \
+                max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens: expected None or an int >= 1, got "
+                             f"{max_prompt_tokens!r}")
+        return max_prompt_tokens
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+        return None
+    return max(1, context - max_new_tokens)
+
+
+def _limit_prompts(id_lists: list[list[int]], limit: int | None
+                   ) -> tuple[list[list[int]], list[bool]]:
+    """Left-truncate the id lists longer than ``limit``. The warning's text depends only on
+    the limit, so Python's default filter shows it once, not on every call."""
+    if limit is None:
+        return id_lists, [False] * len(id_lists)
+    cut = [len(ids) > limit for ids in id_lists]
+    if any(cut):
+        warnings.warn(f"prompts longer than {limit} tokens are left-truncated to their last "
+                      f"{limit} tokens (Generation.prompt_truncated flags them); set "
+                      "rollout.max_prompt_tokens (generate's max_prompt_tokens) to change the "
+                      "limit, or shorten the prompts", PromptTruncationWarning, stacklevel=3)
+        id_lists = [ids[len(ids) - limit:] if c else ids for ids, c in zip(id_lists, cut)]
+    return id_lists, cut
 
 
 def left_pad(id_lists: Sequence[Sequence[int]], pad_id: int,
@@ -351,7 +401,8 @@ def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str] | Sequenc
              *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
              top_k: int = 0, do_sample: bool = True, stop_strings: Sequence[str] = (),
              generator: torch.Generator | None = None, batch_size: int | None = None,
-             add_special_tokens: bool = False) -> Generation:
+             add_special_tokens: bool = False, max_prompt_tokens: int | None = None
+             ) -> Generation:
     """Sample responses for a batch of prompts (see the module docstring for the loop).
 
     Args:
@@ -369,13 +420,17 @@ def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str] | Sequenc
         generator: RNG for sampling, on the model's device (default: the global torch RNG).
         batch_size: generate in chunks of this many prompts (results concatenated and padded).
         add_special_tokens: passed to the tokenizer for string prompts (e.g. a BOS token).
+        max_prompt_tokens: longer prompts keep their last ``max_prompt_tokens`` tokens;
+            ``None``: the model's context minus ``max_new_tokens`` (:func:`prompt_token_limit`).
 
     Returns:
         a :class:`Generation`.
     """
     _check_sampling(max_new_tokens, temperature, top_p, top_k, do_sample, batch_size)
     stops = _check_stop_strings(stop_strings)
-    id_lists = _prompt_id_lists(tokenizer, prompts, add_special_tokens)
+    limit = prompt_token_limit(model, max_new_tokens, max_prompt_tokens)
+    id_lists, cut = _limit_prompts(_prompt_id_lists(tokenizer, prompts, add_special_tokens),
+                                   limit)
     pad_id = _pad_id(tokenizer)
     eos_ids = _eos_ids(model, tokenizer)
     keep_arg = _accepts_logits_to_keep(model)
@@ -396,7 +451,9 @@ def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str] | Sequenc
                  for i in range(0, len(id_lists), chunk)]
     finally:
         model.train(was_training)
-    return _concat(parts, pad_id)
+    out = _concat(parts, pad_id)
+    out.prompt_truncated = torch.tensor(cut, dtype=torch.bool, device=out.truncated.device)
+    return out
 
 
 # --------------------------------------------------------------------- teacher-forced log-probs

@@ -17,10 +17,20 @@ The tokenizer:
 
 ``len(tokenizer) <= vocab_size`` counts everything (the two special tokens, the atomic tokens and
 the learned merges); on a small corpus BPE may stop early with fewer tokens.
+
+Bounded training: BPE training time grows with the corpus and, for one long unbroken text,
+roughly with the square of its length (a 1 MB prompt took over 10 minutes).  So the trainer sees a
+bounded sample (:func:`tokenizer_sample`): each text (each piece between atomic tokens) contributes
+at most its first ``max_text_chars`` (default :data:`TOKENIZER_MAX_TEXT_CHARS` = 4,096)
+characters, and when the capped pieces hold more than ``max_chars`` (default
+:data:`TOKENIZER_MAX_CHARS` = 2,000,000) characters a seeded random subset of whole pieces that
+fits is kept, in corpus order.  A tiny model's corpus (a few hundred prompts and replies) is far
+below both caps, so it is used whole.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -39,12 +49,17 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from .save import save_policy
 
-__all__ = ["EOS_TOKEN", "PAD_TOKEN", "build_tiny_model", "build_tiny_policy", "tiny_config",
+__all__ = ["EOS_TOKEN", "PAD_TOKEN", "TOKENIZER_MAX_CHARS", "TOKENIZER_MAX_TEXT_CHARS",
+           "build_tiny_model", "build_tiny_policy", "tiny_config", "tokenizer_sample",
            "train_tokenizer"]
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 _RESERVED = (EOS_TOKEN, PAD_TOKEN)
+#: default cap on the characters the tokenizer trainer sees in all (module docstring)
+TOKENIZER_MAX_CHARS = 2_000_000
+#: default cap on the characters one text (piece between atomic tokens) contributes
+TOKENIZER_MAX_TEXT_CHARS = 4_096
 
 
 def _check_special_tokens(special_tokens: Sequence[str]) -> list[str]:
@@ -76,8 +91,44 @@ def _pieces(texts: Iterable[str], atomic: list[str]) -> Iterator[str]:
                 yield piece
 
 
+def _cap(name: str, value: object) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name}: expected None or an int >= 1, got {value!r}")
+    return value
+
+
+def tokenizer_sample(texts: Iterable[str], special_tokens: Sequence[str] = (), *,
+                     max_chars: int | None = TOKENIZER_MAX_CHARS,
+                     max_text_chars: int | None = TOKENIZER_MAX_TEXT_CHARS) -> list[str]:
+    """The pieces of ``texts`` the tokenizer trainer sees (module docstring, "Bounded training").
+
+    The atomic ``special_tokens`` are cut out; each piece keeps its first ``max_text_chars``
+    characters; if the pieces then hold more than ``max_chars`` characters, a subset of whole
+    pieces chosen in a ``random.Random(0)`` order while they fit is kept, in corpus order.
+    ``None`` lifts a cap. The result never holds more than ``max_chars`` characters.
+    """
+    _cap("max_chars", max_chars)
+    _cap("max_text_chars", max_text_chars)
+    atomic = [t for t in special_tokens if t not in _RESERVED]
+    pieces = [p if max_text_chars is None else p[:max_text_chars]
+              for p in _pieces(texts, atomic)]
+    if max_chars is None or sum(map(len, pieces)) <= max_chars:
+        return pieces
+    order = list(range(len(pieces)))
+    random.Random(0).shuffle(order)
+    keep, used = [False] * len(pieces), 0
+    for i in order:
+        if used + len(pieces[i]) <= max_chars:
+            keep[i], used = True, used + len(pieces[i])
+            if used == max_chars:
+                break
+    return [p for p, k in zip(pieces, keep) if k]
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, *, min_frequency: int = 2,
-                    special_tokens: Sequence[str] = (), isolate_chars: str = ""
+                    special_tokens: Sequence[str] = (), isolate_chars: str = "",
+                    max_chars: int | None = TOKENIZER_MAX_CHARS,
+                    max_text_chars: int | None = TOKENIZER_MAX_TEXT_CHARS
                     ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on ``texts`` (see the module docstring for its layout).
 
@@ -89,6 +140,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, *, min_frequenc
         isolate_chars: characters that never merge with their neighbours (each occurrence is its
             own pre-token). Sokoban passes its grid symbols ``#_OX√PS`` so that one cell is one
             token and the model sees the grid's geometry instead of BPE chunks like ``"___#"``.
+        max_chars, max_text_chars: the training sample's bounds (:func:`tokenizer_sample`;
+            ``None`` lifts a bound).
 
     Returns:
         a ``transformers.PreTrainedTokenizerFast`` with ``padding_side="left"``.
@@ -117,7 +170,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, *, min_frequenc
         vocab_size=vocab_size - len(atomic), min_frequency=min_frequency,
         special_tokens=list(_RESERVED), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False)
-    tok.train_from_iterator(_pieces(texts, atomic), trainer)
+    sample = tokenizer_sample(texts, atomic, max_chars=max_chars, max_text_chars=max_text_chars)
+    tok.train_from_iterator(sample, trainer)
     if atomic:
         tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in atomic])
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN,
@@ -187,8 +241,9 @@ def build_tiny_policy(texts: Iterable[str], *, vocab_size: int = 512,
     """Train a tokenizer on ``texts`` and build a tiny model for it: ``(model, tokenizer)``.
 
     With ``save_dir`` both are written there (``model.safetensors`` + tokenizer files, with no
-    progress bar: :func:`grouprl.policy.save_policy`), so
-    ``grouprl.policy.load_policy(save_dir)`` reloads them.
+    progress bar, fsynced, and atomically when ``save_dir`` does not exist yet:
+    :func:`grouprl.policy.save_policy`), so ``grouprl.policy.load_policy(save_dir)`` reloads
+    them.
     """
     tokenizer = train_tokenizer(texts, vocab_size, special_tokens=special_tokens,
                                 isolate_chars=isolate_chars)

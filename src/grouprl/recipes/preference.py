@@ -73,13 +73,13 @@ def train_preference(cfg: TrainConfig, *, resume: bool = False, force: bool = Fa
     echo = echo or default_echo
     pc = cfg.preference
     loss = validate_preference_config(cfg)
+    train_pairs, eval_pairs = load_preference_data(cfg)      # a bad file fails before any write
     prepare_run_dir(cfg, resume, force=force, echo=echo)
     run_dir = Path(cfg.run_dir)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.model.device)
 
     # ---- data, policy (= reference), tokenised pairs, reference log-probs (cached)
-    train_pairs, eval_pairs = load_preference_data(cfg)
     logger = MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
                            wandb_project=cfg.logging.wandb_project, config=config_to_dict(cfg))
     model, tok = load_or_build_policy(cfg, run_dir, lambda: pairs_corpus(cfg, train_pairs), echo,

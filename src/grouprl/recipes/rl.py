@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
+from grouprl.envs.pool import EnvFault
 from grouprl.losses.objective import make_objective
+from grouprl.rewards.verify import close_isolated_verifiers
 from grouprl.train.checkpoint import save_checkpoint
-from grouprl.train.checks import check_rl_config
+from grouprl.train.checks import check_resources, check_rl_config
 from grouprl.train.config import TrainConfig, config_to_dict
 from grouprl.train.estimate import AdvantageStage, run_settings
 from grouprl.train.evaluate import evaluate_run, make_generate_fn
@@ -55,7 +57,7 @@ from grouprl.train.warm_start import behaviour_cloning, env_corpus
 __all__ = ["train_rl"]
 
 COUNTERS = ("skipped_updates", "failed_trajectories", "nonfinite_reward_trajectories",
-            "truncated_generations", "empty_batches")
+            "truncated_generations", "truncated_prompts", "empty_batches")
 """Per-iteration counts (``train/<name>``) whose run totals are logged (``train/<name>_total``)."""
 
 
@@ -70,6 +72,7 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
     model, tok = load_or_build_policy(cfg, run_dir, lambda: env_corpus(cfg, template), echo)
     device = resolve_device(cfg.model.device)
     model.to(device)
+    check_resources(cfg, model, tok, template)        # refuse a rollout that cannot fit memory
     logger = MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
                            wandb_project=cfg.logging.wandb_project, config=config_to_dict(cfg))
     behaviour_cloning(cfg, model, tok, template, run_dir, logger, echo)
@@ -80,7 +83,8 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
     generate_fn = make_generate_fn(model, tok, max_new_tokens=ro.max_new_tokens,
                                    temperature=ro.temperature, top_p=ro.top_p,
                                    stop=tuple(ro.stop), generator=generators["sampling"],
-                                   batch_size=ro.generation_batch_size)
+                                   batch_size=ro.generation_batch_size,
+                                   max_prompt_tokens=ro.max_prompt_tokens)
     sampler = Sampler(cfg, generate_fn, template, tok)
     advantages = AdvantageStage(cfg)
     objective = make_objective(a.loss, a.loss_options, a.loss_agg, run_settings(cfg))
@@ -143,7 +147,14 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
     try:
         with stop_on_signal(stop):
             for it in range(start, cfg.iterations):
-                metrics = iteration(it)
+                try:
+                    metrics = iteration(it)
+                except EnvFault as err:           # over the fault budget: keep what is done
+                    save(it)
+                    echo(f"iteration {it + 1} abandoned: {err}\ncheckpoint of iteration {it} "
+                         f"saved; fix the env or raise env.max_failed_fraction, then: grouprl "
+                         f"train --resume {run_dir}")
+                    raise
                 step_schedule(scheduler)
                 for k in COUNTERS:
                     counters[k] += int(metrics.get(f"train/{k}", 0))
@@ -169,6 +180,7 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
         bar.close()
         sampler.close()
         logger.close()
+        close_isolated_verifiers()
     rows = read_metrics(run_dir)
     evals = [r for r in rows if r.get("eval/success_rate") is not None]
     after = evals[-1]["eval/success_rate"] if evals else None

@@ -38,11 +38,15 @@ Timeouts and threads
 --------------------
 math-verify times out with ``signal.alarm``, which only works in the main thread of the main
 interpreter: :func:`verify_answer` passes its ``timeout_s`` to math-verify in the main thread and
-disables math-verify's timeout elsewhere (spec §C1 threading note). For training, use
-:class:`Verifier` with ``workers > 0``: calls run in persistent worker processes
-(:class:`grouprl.workers.WorkerPool`) with a wall-clock timeout of our own; a call that runs
-too long returns reason ``"timeout"`` and its worker is killed and replaced, a worker that dies
-returns ``"error"``.
+disables math-verify's timeout elsewhere (spec §C1 threading note). Even in the main thread a
+check can sit in native code (sympy's big-integer power on ``9^{9^{9^{9}}}``) holding the GIL:
+in a thread that freezes the whole process, since no other thread (a pool's deadline included)
+runs again. For training, use :class:`Verifier` with ``workers > 0`` or ``isolated=True``:
+calls run in persistent worker processes (:class:`grouprl.workers.WorkerPool`) with a
+wall-clock timeout of our own; a call that runs too long returns reason ``"timeout"`` and its
+worker is killed and replaced, a worker that dies returns ``"error"``. Isolated verifiers (the
+reasoning env's, when it runs in the trainer's process: ``EnvPool`` backends ``serial`` and
+``thread``) share their worker processes (:func:`close_isolated_verifiers`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import importlib
 import logging
 import math
 import multiprocessing as mp
+import os
 import pickle
 import re
 import threading
@@ -73,7 +78,7 @@ from grouprl.rewards.extract import (
     split_think,
 )
 from grouprl.validation import check_choice, check_int, check_number
-from grouprl.workers import WorkerPool, WorkerStartError
+from grouprl.workers import CallResult, WorkerPool, WorkerStartError
 
 __all__ = [
     "BACKENDS",
@@ -83,6 +88,7 @@ __all__ = [
     "builtin_equal",
     "verify_answer",
     "Verifier",
+    "close_isolated_verifiers",
 ]
 
 BACKENDS = ("auto", "builtin", "math_verify", "combined")
@@ -621,6 +627,109 @@ def _verify_item(state: tuple[Any, ...], item: tuple[str, str]) -> VerifyResult:
     return _call(fn, kwargs, *item)
 
 
+class _SharedWorkers:
+    """Worker processes shared by the isolated :class:`Verifier` objects of this process that
+    have one setting.  Each call checks out an idle single-worker :class:`WorkerPool` — a new
+    one when none is idle and fewer than ``cap`` exist, else it waits for one — so concurrent
+    callers (envs stepped in threads) never share a pipe and one hung check holds up only its
+    own caller."""
+
+    def __init__(self, init: Callable[[], Any], cap: int, timeout: float | None,
+                 start_method: str) -> None:
+        self.init, self.cap, self.timeout, self.start_method = init, cap, timeout, start_method
+        self._idle: list[WorkerPool] = []
+        self._made = 0  # pools in existence (idle + checked out) or being made
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def run(self, items: list[tuple[str, str]]) -> list[CallResult]:
+        """Judge ``items`` on one checked-out worker, in order."""
+        pool = self._checkout()
+        try:
+            out = pool.map(items)
+        except BaseException:  # Ctrl-C: the pool closed itself
+            self._discard(pool)
+            raise
+        with self._cond:
+            closed = self._closed
+            if not closed:
+                self._idle.append(pool)
+                self._cond.notify()
+        if closed:  # close() ran during the call
+            self._discard(pool)
+        return out
+
+    def _checkout(self) -> WorkerPool:
+        with self._cond:
+            while not self._idle and self._made >= self.cap:
+                self._cond.wait()
+            if self._idle:
+                return self._idle.pop()
+            self._made += 1
+        try:  # a new worker, started outside the lock (it takes a while)
+            pool = WorkerPool(self.init, _verify_item, 1, timeout=self.timeout,
+                              start_timeout=_STARTUP_TIMEOUT_S, start_method=self.start_method,
+                              name="grouprl-verifier")
+            try:
+                pool.start()
+            except BaseException:
+                pool.close()
+                raise
+        except WorkerStartError as err:
+            self._discard(None)
+            raise RuntimeError(f"verifier worker process failed to start: {err.reason}; "
+                               "run with workers=0 to see the error in this process") from None
+        except BaseException:
+            self._discard(None)
+            raise
+        return pool
+
+    def _discard(self, pool: WorkerPool | None) -> None:
+        if pool is not None:
+            pool.close()
+        with self._cond:
+            self._made -= 1
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Stop the idle workers (checked-out ones stop when their call returns)."""
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._made -= len(idle)
+            self._cond.notify_all()
+        for pool in idle:
+            pool.close()
+
+
+_SHARED: dict[tuple, _SharedWorkers] = {}
+_SHARED_LOCK = threading.Lock()
+_SHARED_PID = [os.getpid()]
+
+
+def _shared_workers(key: tuple, init: Callable[[], Any], cap: int, timeout: float | None,
+                    start_method: str) -> _SharedWorkers:
+    with _SHARED_LOCK:
+        if _SHARED_PID[0] != os.getpid():  # a forked child: the workers are not its own
+            _SHARED.clear()
+            _SHARED_PID[0] = os.getpid()
+        shared = _SHARED.get(key)
+        if shared is None:
+            shared = _SHARED[key] = _SharedWorkers(init, cap, timeout, start_method)
+        shared.cap = max(shared.cap, cap)
+        return shared
+
+
+def close_isolated_verifiers() -> None:
+    """Stop the worker processes shared by isolated verifiers (they also stop when the
+    interpreter exits); a later isolated call starts new ones."""
+    with _SHARED_LOCK:
+        shared = list(_SHARED.values())
+        _SHARED.clear()
+    for s in shared:
+        s.close()
+
+
 class Verifier:
     """Callable answer verifier for training loops and environments.
 
@@ -631,6 +740,13 @@ class Verifier:
     over the limit returns ``VerifyResult(False, None, gold, "timeout")`` and its worker is
     killed and replaced; a worker that dies mid-call gives reason ``"error"`` and is replaced.
     Either way training gets a reward-0 result and later calls work.
+
+    With ``isolated=True`` (or after :meth:`isolate`) calls never run in this process: with
+    ``workers > 0`` or not, they go to worker processes shared by every isolated verifier of
+    this process with the same settings, one per concurrent call, at most
+    ``max(workers, CPU count)``, with the same ``timeout_s`` deadline. The reasoning env's
+    verifier is isolated when the env runs in the trainer's process, where a check stuck in
+    native code would freeze everything (module docstring).
 
     Worker start-up (spawn) costs one interpreter per worker: about 0.3 s each for the builtin
     backend and about 1 s of CPU each for math-verify (its import plus one warm-up call, done
@@ -652,6 +768,7 @@ class Verifier:
             in it gives reason ``"error"``.
         start_method: multiprocessing start method of the workers (default ``"spawn"``: safe
             with torch and CUDA loaded; ``"forkserver"`` also works).
+        isolated: never verify in this process (above).
 
     Attributes:
         stats: counts ``calls``, ``timeouts``, ``errors``, ``unparsable_gold`` and
@@ -661,12 +778,12 @@ class Verifier:
     def __init__(self, mode: str = "boxed", backend: str = "auto", *,
                  timeout_s: float | None = 5.0, workers: int = 0,
                  require_think_close: bool = False, fn: CheckFn | None = None,
-                 start_method: str = "spawn") -> None:
+                 start_method: str = "spawn", isolated: bool = False) -> None:
         _check_mode(mode)
         check_int("workers", workers, 0)
         check_number("timeout_s", timeout_s, 0, low_open=True, none_ok=True, note="seconds")
         check_choice("start_method", start_method, tuple(mp.get_all_start_methods()))
-        if fn is not None and workers > 0:
+        if fn is not None and (workers > 0 or isolated):
             try:
                 pickle.dumps(fn)
             except Exception as err:
@@ -679,9 +796,21 @@ class Verifier:
         self.require_think_close = require_think_close
         self.fn = fn
         self.start_method = start_method
+        self.isolated = bool(isolated)
         self.stats: dict[str, int] = {"calls": 0, "timeouts": 0, "errors": 0,
                                       "unparsable_gold": 0, "worker_restarts": 0}
         self._init_runtime()
+
+    def isolate(self) -> None:
+        """From now on never verify in this process (``isolated=True``, class docstring)."""
+        if self.fn is not None:
+            try:
+                pickle.dumps(self.fn)
+            except Exception as err:
+                raise ValueError(f"fn must be a picklable top-level function to isolate the "
+                                 f"verifier, got {self.fn!r}: {err}") from None
+        with self._lock:
+            self.isolated = True
 
     def _init_runtime(self) -> None:
         self._pool: WorkerPool | None = None
@@ -693,14 +822,26 @@ class Verifier:
                 "require_think_close": self.require_think_close, "timeout_s": self.timeout_s}
 
     def _use_pool(self) -> bool:
-        if self.workers == 0:
+        if self.workers == 0 and not self.isolated:
             return False
         if mp.current_process().daemon:
             warnings.warn("Verifier: daemonic processes cannot start workers; verifying "
                           "in-process (workers=0)", RuntimeWarning, stacklevel=3)
-            self.workers = 0
+            self.workers, self.isolated = 0, False
             return False
         return True
+
+    def _shared(self) -> _SharedWorkers:
+        kwargs = self._kwargs
+        try:
+            hash(self.fn)
+            fn_key: Any = self.fn
+        except TypeError:
+            fn_key = id(self.fn)
+        key = (fn_key, tuple(sorted(kwargs.items())), self.timeout_s, self.start_method)
+        return _shared_workers(key, partial(_verifier_state, self.fn, kwargs),
+                               max(self.workers, os.cpu_count() or 1), self.timeout_s,
+                               self.start_method)
 
     def _ensure_pool(self) -> WorkerPool:
         if self._pool is None:
@@ -744,14 +885,18 @@ class Verifier:
         with self._lock:
             if not self._use_pool():
                 return self._count([_call(self.fn, self._kwargs, r, g) for r, g in items])
-            pool = self._ensure_pool()
-            restarts = pool.stats["restarts"]
-            try:
-                outcomes = pool.map(items)
-            except BaseException:  # Ctrl-C: the pool closed itself; start afresh next time
-                self._close_pool()
-                raise
-            self.stats["worker_restarts"] += pool.stats["restarts"] - restarts
+            if self.isolated:
+                outcomes = self._shared().run(items) if items else []
+                self.stats["worker_restarts"] += sum(out.restarted for out in outcomes)
+            else:
+                pool = self._ensure_pool()
+                restarts = pool.stats["restarts"]
+                try:
+                    outcomes = pool.map(items)
+                except BaseException:  # Ctrl-C: the pool closed itself; start afresh next time
+                    self._close_pool()
+                    raise
+                self.stats["worker_restarts"] += pool.stats["restarts"] - restarts
             return self._count([
                 out.value if out.ok else
                 VerifyResult(False, None, gold, "timeout" if out.timed_out else "error")
@@ -787,4 +932,4 @@ class Verifier:
     def __repr__(self) -> str:
         return (f"Verifier(mode={self.mode!r}, backend={self.backend!r}, "
                 f"timeout_s={self.timeout_s!r}, workers={self.workers}, "
-                f"require_think_close={self.require_think_close})")
+                f"require_think_close={self.require_think_close}, isolated={self.isolated})")

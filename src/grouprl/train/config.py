@@ -41,6 +41,7 @@ from grouprl.train.config_schema import (
     RolloutConfig,
     TrainConfig,
 )
+from grouprl.validation import UserError
 
 __all__ = [
     "ConfigError", "TrainConfig", "load_config", "build_config", "config_to_dict",
@@ -50,8 +51,9 @@ __all__ = [
     "RewardConfig", "PreferenceConfig", "OptimConfig", "BCConfig", "EvalConfig", "LoggingConfig",
 ]
 
-class ConfigError(ValueError):
-    """A configuration key or value is wrong; the message names the key and the fix."""
+class ConfigError(UserError):
+    """A configuration key or value is wrong; the message names the key and the fix (a
+    :class:`grouprl.validation.UserError`, so a ``ValueError`` too)."""
 
 
 def _fields(cls: type) -> dict[str, Any]:

@@ -100,6 +100,11 @@ class EnvConfig:
                            "turn rows (reasoning)")
     step_timeout: Float | None = Field(30.0, gt=0.0, description="seconds an env step may take "
                                        "before the env is restarted and its episode dropped")
+    max_failed_fraction: Float = Field(0.5, ge=0.0, le=1.0, description="fault budget: the "
+                                       "fraction of an iteration's trajectories that may fail "
+                                       "(exception, crash, hang past step_timeout; each is "
+                                       "dropped and its env restarted) before the run saves a "
+                                       "checkpoint and stops; 1 = never stop")
 
 
 @dataclass(config=SCHEMA)
@@ -136,6 +141,10 @@ class RolloutConfig:
                             "(the reply ends after the first one)")
     generation_batch_size: Int | None = Field(None, ge=1, description="prompts per generate "
                                               "call (null = all at once)")
+    max_prompt_tokens: Int | None = Field(
+        None, ge=1, description="longer prompts are left-truncated to their last N tokens "
+        "(a warning names this key); null = the model's context "
+        "(max_position_embeddings) minus max_new_tokens")
     dynamic_sampling: Bool = Field(False, description="DAPO dynamic sampling: drop groups whose "
                                    "episode returns are all equal and roll out again")
     max_sample_batches: Int = Field(10, ge=1, description="dynamic sampling: rollout tries per "

@@ -27,8 +27,8 @@ __all__ = ["make_generate_fn", "evaluate_policy", "evaluate_run", "eval_seeds",
 
 def make_generate_fn(model: torch.nn.Module, tokenizer: Any, *, max_new_tokens: int,
                      temperature: float, top_p: float = 1.0, stop: tuple[str, ...] = (),
-                     generator: torch.Generator | None = None, batch_size: int | None = None
-                     ) -> Callable[[list[str]], Generation]:
+                     generator: torch.Generator | None = None, batch_size: int | None = None,
+                     max_prompt_tokens: int | None = None) -> Callable[[list[str]], Generation]:
     """prompts → :class:`Generation` with the rollout settings (temperature 0 = greedy)."""
     greedy = temperature == 0
 
@@ -39,7 +39,7 @@ def make_generate_fn(model: torch.nn.Module, tokenizer: Any, *, max_new_tokens: 
             return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                             temperature=1.0 if greedy else temperature, top_p=top_p,
                             do_sample=not greedy, stop_strings=tuple(stop), generator=generator,
-                            batch_size=batch_size)
+                            batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)
         finally:
             model.train(was_training)
 
@@ -57,14 +57,14 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: Any, *, env_name: str, en
                     allow_plain: bool = False, use_chat_template: bool = True,
                     backend: str = "serial", step_timeout: float | None = 30.0,
                     num_workers: int | None = None, batch_size: int | None = None,
-                    pool: EnvPool | None = None, raw_action: bool = False
-                    ) -> tuple[dict[str, float], Rollout]:
+                    pool: EnvPool | None = None, raw_action: bool = False,
+                    max_prompt_tokens: int | None = None) -> tuple[dict[str, float], Rollout]:
     """Metrics ``eval/*`` of the policy on the held-out tasks, and the rollout itself."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + 17)
     generate_fn = make_generate_fn(model, tokenizer, max_new_tokens=max_new_tokens,
                                    temperature=temperature, stop=stop, generator=gen,
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)
     own = pool is None
     if own:
         pool = EnvPool(env_name, env_kwargs, episodes, backend=backend, max_steps=max_steps,
@@ -119,7 +119,8 @@ def evaluate_run(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any,
         seed=cfg.seed, action_tag=cfg.agent.action_tag, allow_plain=cfg.agent.allow_plain,
         raw_action=raw_action(cfg), use_chat_template=cfg.agent.use_chat_template,
         backend=cfg.env.backend, step_timeout=cfg.env.step_timeout,
-        num_workers=cfg.env.num_workers, batch_size=ro.generation_batch_size)
+        num_workers=cfg.env.num_workers, batch_size=ro.generation_batch_size,
+        max_prompt_tokens=ro.max_prompt_tokens)
     if single_turn(cfg):
         metrics["eval/accuracy"] = metrics["eval/success_rate"]
     return metrics

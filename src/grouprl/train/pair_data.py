@@ -6,10 +6,16 @@ the EOS token appended to every response (TRL's DPO convention: the model learns
 With ``preference.max_length = M``, a pair whose prompt plus longer response exceeds M keeps
 the prompt's *right* end (the part next to the answer), at least ``M // 2`` tokens of it, and
 the responses' *left* part (their beginnings) in the rest.
+
+A pair whose chosen and rejected token ids are identical after this (truncation cut off where
+they differ, or the tokenizer maps both texts to the same ids) carries no preference: it is
+dropped with a :class:`grouprl.data.DataWarning` giving the count (pairs identical as text are
+dropped when loaded, :func:`grouprl.data.load_pairs`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -18,7 +24,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from grouprl.agent.prompts import apply_chat_template
-from grouprl.data import load_pairs, split_holdout
+from grouprl.data import DataWarning, load_pairs, split_holdout
 from grouprl.losses.preference import (
     PREFERENCE_LOSSES,
     canonical_preference_loss,
@@ -83,6 +89,8 @@ def tokenize_preference_pairs(tokenizer: Any, pairs: Sequence[Any], *,
     tokenizer has a chat template and ``use_chat_template``; nothing adds special tokens except
     the EOS appended to each response (``append_eos``, when the tokenizer has one). An empty
     prompt becomes the single BOS (else EOS) token. ``max_length``: see the module docstring.
+    Pairs whose chosen and rejected ids end up identical are dropped with a ``DataWarning``
+    (module docstring); :class:`ConfigError` when none is left.
     """
 
     if not pairs:
@@ -106,6 +114,18 @@ def tokenize_preference_pairs(tokenizer: Any, pairs: Sequence[Any], *,
         if eos is not None:
             c, r = [*c, eos], [*r, eos]
         rows.append(_truncate(list(p), list(c), list(r), max_length))
+    same = [i for i, (_, c, r) in enumerate(rows) if c == r]
+    if same:
+        where = (f"after truncation to preference.max_length={max_length}; raise it to keep "
+                 "them" if max_length is not None else "after tokenisation")
+        if len(same) == len(rows):
+            raise ConfigError(f"preference pairs: all {len(rows)} pairs have identical chosen "
+                              f"and rejected tokens {where}")
+        warnings.warn(f"dropped {len(same)} of {len(rows)} preference pairs whose chosen and "
+                      f"rejected tokens are identical {where} (first: pair {same[0]})",
+                      DataWarning, stacklevel=2)
+        dropped = set(same)
+        rows = [row for i, row in enumerate(rows) if i not in dropped]
     prompt_ids, prompt_mask = left_pad([p for p, _, _ in rows], pad)
     responses = [torch.tensor(x, dtype=torch.long) for _, c, r in rows for x in (c, r)]
     width = max(1, max(len(x) for x in responses))

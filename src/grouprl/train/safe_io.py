@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from grouprl.validation import UserError
+
 __all__ = ["CheckpointError", "MANIFEST_FILE", "fsync_dir", "sha256_file", "write_manifest",
            "load_manifest", "read_manifest", "verify_files", "save_torch", "load_torch",
            "require_safe_torch", "write_text_atomically", "plain_data", "json_default"]
@@ -42,7 +44,7 @@ MANIFEST_FILE = "manifest.json"
 _CHUNK = 1 << 20
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint directory or one of its files is incomplete, corrupted or unsafe to load.
 
     ``path`` is the offending file (or directory) and the message names it. Callers resuming a

@@ -4,6 +4,8 @@ sampling (DAPO's filter, spec-agentic-credit §1.1) and DOT's predictive oversam
 
 :meth:`Sampler.rollout` of iteration ``it``::
 
+    open a new fault window on every env pool  (env.max_failed_fraction: more failed
+                                                 trajectories raise EnvFaultBudgetExceeded)
     for attempt in tries (1, or rollout.max_sample_batches with dynamic sampling):
         n_tasks   = groups_per_batch  (·f on the first try with oversampling,
                     f = clip((1/mean pass)·(1 + std pass), min, max) over the last window)
@@ -25,6 +27,7 @@ from grouprl.agent.prompts import PromptTemplate
 from grouprl.agent.rollout import collect_rollouts
 from grouprl.batch import Rollout, concat_rollouts, select_groups
 from grouprl.envs import EnvPool, make_env
+from grouprl.envs.pool import isolate_native_calls
 from grouprl.rewards.length import predictive_oversampling_factor
 from grouprl.rewards.stage import RewardStage
 from grouprl.train.config import ConfigError, TrainConfig
@@ -97,7 +100,8 @@ def make_reward_stage(cfg: TrainConfig, tokenizer: Any) -> tuple[RewardStage | N
         return None, None
     probe = verifier = None
     if cfg.rollout.dot_truncation is not None:
-        probe = make_env(cfg.env.name, **cfg.env.kwargs)
+        # the probe's verifier runs checks for the trainer's process: isolated (native hangs)
+        probe = isolate_native_calls(make_env(cfg.env.name, **cfg.env.kwargs))
         verifier = getattr(probe, "verifier", None)
         if verifier is None:
             probe.close()
@@ -112,7 +116,9 @@ def make_reward_stage(cfg: TrainConfig, tokenizer: Any) -> tuple[RewardStage | N
 
 class EnvPools:
     """Env pools by size: the rollout's usual size, plus the sizes oversampling and monitor
-    rollouts ask for (made on first use and kept)."""
+    rollouts ask for (made on first use and kept).  Each pool has its own fault window
+    (:class:`~grouprl.envs.EnvPool`: ``max_failed_fraction``); :meth:`new_window` opens a new
+    one on every pool, and pools made later start with a fresh one."""
 
     def __init__(self, make: Callable[[int], EnvPool]) -> None:
         self._make = make
@@ -123,9 +129,20 @@ class EnvPools:
             self._pools[num_envs] = self._make(num_envs)
         return self._pools[num_envs]
 
+    def new_window(self) -> None:
+        """Open a new fault window on every pool (the start of an iteration's rollout)."""
+        for p in self._pools.values():
+            p.new_window()
+
     @property
     def failures(self) -> int:
+        """Env failures over the run (every pool's ``stats``)."""
         return sum(int(p.stats.get("failures", 0)) for p in self._pools.values())
+
+    @property
+    def window_failures(self) -> int:
+        """Env failures in the current windows."""
+        return sum(int(p.window["failures"]) for p in self._pools.values())
 
     def close(self) -> None:
         for p in self._pools.values():
@@ -159,7 +176,8 @@ class Sampler:
         self.pools = EnvPools(lambda n: EnvPool(e.name, e.kwargs, n, backend=e.backend,
                                                 max_steps=e.max_steps,
                                                 step_timeout=e.step_timeout,
-                                                num_workers=e.num_workers))
+                                                num_workers=e.num_workers,
+                                                max_failed_fraction=e.max_failed_fraction))
         self.pools.get(cfg.rollout.groups_per_batch * cfg.rollout.group_size)
 
     def _collect(self, seeds: list[int], attempt: int = 0) -> Rollout:
@@ -181,10 +199,20 @@ class Sampler:
         if not prompts:
             return {}
         seeds = task_seeds(self.cfg.seed, MONITOR_ITERATION, prompts, self.cfg.eval.seed_offset)
+        self.pools.new_window()
         return self.stage.update_targets(self._collect(seeds), it)
 
     def rollout(self, it: int) -> tuple[Rollout, dict[str, float]]:
-        """The rows of iteration ``it`` (module docstring) and sampling metrics."""
+        """The rows of iteration ``it`` (module docstring) and sampling metrics, among them
+        ``env/failures`` (trajectories of this rollout dropped because their env raised,
+        crashed or hung).  Raises :class:`~grouprl.envs.pool.EnvFaultBudgetExceeded` when more
+        trajectories fail than ``env.max_failed_fraction`` allows."""
+        self.pools.new_window()
+        r, metrics = self._rollout(it)
+        metrics["env/failures"] = float(self.pools.window_failures)
+        return r, metrics
+
+    def _rollout(self, it: int) -> tuple[Rollout, dict[str, float]]:
         ro = self.cfg.rollout
         kept: list[Rollout] = []
         n_kept = tries = 0

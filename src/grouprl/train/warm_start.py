@@ -4,11 +4,16 @@
   grid symbols), then behaviour cloning on expert episodes (``bc.*``) → ``run_dir/warm_start``.
 - Preference: the tiny model's corpus (the pairs' text), then SFT on the chosen responses
   (``preference.sft_epochs``) → ``run_dir/warm_start``, which is also the reference model.
+
+A warm start is written atomically with a checksum manifest and a record of the config keys that
+determine it (:mod:`grouprl.train.saved_model`); ``load_or_build_policy`` verifies it before it
+is reused, so here an existing one is simply kept.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,11 +22,11 @@ import torch
 
 from grouprl.agent.prompts import PromptTemplate, apply_chat_template
 from grouprl.envs import make_env
-from grouprl.policy import save_policy
 from grouprl.train.bc import ExpertSample, clone_behaviour, expert_samples
 from grouprl.train.config import TrainConfig
 from grouprl.train.metrics import MetricsLogger
 from grouprl.train.sampling import task_seeds
+from grouprl.train.saved_model import has_saved_model, model_dir_record, save_model_dir_atomically
 from grouprl.train.setup import WARM_START_DIR, TinyCorpus
 
 __all__ = ["env_corpus", "behaviour_cloning", "pairs_corpus", "sft_on_chosen",
@@ -39,7 +44,13 @@ def env_corpus(cfg: TrainConfig, template: PromptTemplate) -> TinyCorpus:
                                         cfg.eval.seed_offset),
                              template=template, history_length=cfg.agent.history_length,
                              max_steps=cfg.env.max_steps, action_tag=cfg.agent.action_tag,
-                             tokenizer=None, use_chat_template=False)
+                             tokenizer=None, use_chat_template=False,
+                             backend=cfg.env.backend, step_timeout=cfg.env.step_timeout,
+                             num_workers=cfg.env.num_workers)
+    if samples.failed_episodes:
+        warnings.warn(f"tokenizer corpus: {samples.failed_episodes} expert episodes failed "
+                      f"(env exception, crash or hang) and were left out; first: "
+                      f"{samples.errors[0]}", RuntimeWarning, stacklevel=2)
     tag = cfg.agent.action_tag
     specials: tuple[str, ...] = (f"<{tag}>", f"</{tag}>") if tag else ()
     probe = make_env(cfg.env.name, **cfg.env.kwargs)
@@ -58,7 +69,7 @@ def behaviour_cloning(cfg: TrainConfig, model: torch.nn.Module, tok: Any,
                       echo: Callable[[str], None]) -> None:
     """Clone the env's expert (``bc.*``) unless the run already has its warm start; save it."""
     warm = run_dir / WARM_START_DIR
-    if not cfg.bc.enabled or (warm / "config.json").is_file():
+    if not cfg.bc.enabled or has_saved_model(warm):  # verified when it was loaded
         return
     b = cfg.bc
     t0 = time.perf_counter()
@@ -66,16 +77,20 @@ def behaviour_cloning(cfg: TrainConfig, model: torch.nn.Module, tok: Any,
                              task_seeds(cfg.seed, -2, b.episodes, cfg.eval.seed_offset),
                              template=template, history_length=cfg.agent.history_length,
                              max_steps=cfg.env.max_steps, action_tag=cfg.agent.action_tag,
-                             tokenizer=tok, use_chat_template=cfg.agent.use_chat_template)
-    echo(f"behaviour cloning on {len(samples)} expert steps from {b.episodes} episodes")
+                             tokenizer=tok, use_chat_template=cfg.agent.use_chat_template,
+                             backend=cfg.env.backend, step_timeout=cfg.env.step_timeout,
+                             num_workers=cfg.env.num_workers)
+    failed = samples.failed_episodes
+    echo(f"behaviour cloning on {len(samples)} expert steps from {b.episodes} episodes"
+         + (f" ({failed} failed and dropped; first: {samples.errors[0]})" if failed else ""))
     losses = clone_behaviour(model, tok, samples, epochs=b.epochs, batch_size=b.batch_size,
                              lr=b.lr, max_updates=b.max_updates, seed=cfg.seed)
-    save_policy(model, tok, warm)
+    save_model_dir_atomically(model, tok, warm, model_dir_record(cfg, WARM_START_DIR))
     echo(f"behaviour cloning: {len(losses)} updates, loss {losses[0]:.3f} → "
          f"{losses[-1]:.3f} ({time.perf_counter() - t0:.0f}s)")
     logger.log(0, {"bc/loss_first": losses[0], "bc/loss_last": losses[-1],
                    "bc/updates": float(len(losses)), "bc/samples": float(len(samples)),
-                   "timing/bc_s": time.perf_counter() - t0})
+                   "bc/failed_episodes": float(failed), "timing/bc_s": time.perf_counter() - t0})
 
 
 def pairs_corpus(cfg: TrainConfig, pairs: Sequence[Any]) -> TinyCorpus:
@@ -95,7 +110,7 @@ def sft_on_chosen(cfg: TrainConfig, model: torch.nn.Module, tok: Any, pairs: Seq
             echo(f"model.path is set: no SFT warm start (preference.sft_epochs={epochs} applies "
                  "to the tiny model only); the reference is the model as loaded")
         return
-    if epochs == 0 or (warm / "config.json").is_file():
+    if epochs == 0 or has_saved_model(warm):  # verified when it was loaded
         return
     b = cfg.bc
     templated = cfg.agent.use_chat_template and getattr(tok, "chat_template", None)
@@ -105,7 +120,7 @@ def sft_on_chosen(cfg: TrainConfig, model: torch.nn.Module, tok: Any, pairs: Seq
     t0 = time.perf_counter()
     losses = clone_behaviour(model, tok, samples, epochs=epochs, batch_size=b.batch_size,
                              lr=b.lr, max_updates=b.max_updates, seed=cfg.seed)
-    save_policy(model, tok, warm)
+    save_model_dir_atomically(model, tok, warm, model_dir_record(cfg, WARM_START_DIR))
     echo(f"SFT on {len(samples)} chosen responses: {len(losses)} updates, loss "
          f"{losses[0]:.3f} → {losses[-1]:.3f} ({time.perf_counter() - t0:.0f}s); this warm "
          "start is the reference model")
