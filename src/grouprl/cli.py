@@ -323,11 +323,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
 def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
     """grouprl's own warnings (data dropped, prompts cut, ...) as one ``warning:`` line; other
     libraries' warnings as Python prints them."""
-    if category.__module__.startswith("grouprl"):
+    if category.__module__.startswith("grouprl") or filename.startswith(_PACKAGE_DIR):
         print(f"warning: {message}", file=sys.stderr)
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))

@@ -88,7 +88,7 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
     sampler = Sampler(cfg, generate_fn, template, tok)
     advantages = AdvantageStage(cfg)
     objective = make_objective(a.loss, a.loss_options, a.loss_agg, run_settings(cfg))
-    counters = dict.fromkeys((*COUNTERS, "env_steps"), 0)
+    counters = dict.fromkeys((*COUNTERS, "env_steps", "env_failures"), 0)
     point = resume_run(run_dir, logger, "eval/success_rate", model=model, optimizer=optimizer,
                        scheduler=scheduler, generators=generators, echo=echo) \
         if resume else ResumePoint()
@@ -161,7 +161,8 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
                 counters["env_steps"] += int(metrics.get("train/rows", 0))
                 metrics.update({f"train/{k}_total": float(counters[k])
                                 for k in (*COUNTERS, "env_steps")})
-                metrics["env/failures_total"] = float(sampler.env_failures)
+                counters["env_failures"] += int(metrics.get("env/failures", 0))
+                metrics["env/failures_total"] = float(counters["env_failures"])
                 done = it + 1
                 if (ev.every and done % ev.every == 0) or done == cfg.iterations:
                     metrics.update(evaluate_run(cfg, model, tok, template))
