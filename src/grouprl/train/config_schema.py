@@ -143,8 +143,8 @@ class RolloutConfig:
                                               "call (null = all at once)")
     max_prompt_tokens: Int | None = Field(
         None, ge=1, description="longer prompts are left-truncated to their last N tokens "
-        "(a warning names this key); null = the model's context "
-        "(max_position_embeddings) minus max_new_tokens")
+        "(counted in train/truncated_prompts; a warning names this key); null = the model's "
+        "context (max_position_embeddings) minus max_new_tokens")
     dynamic_sampling: Bool = Field(False, description="DAPO dynamic sampling: drop groups whose "
                                    "episode returns are all equal and roll out again")
     max_sample_batches: Int = Field(10, ge=1, description="dynamic sampling: rollout tries per "
