@@ -92,8 +92,9 @@ class EnvConfig:
         default_factory=lambda: {"dim_room": [5, 5], "num_boxes": 1, "max_solution_length": 2},
         description="keyword arguments of the env constructor")
     backend: Literal["serial", "thread", "process"] = Field(
-        "serial", description="where env steps run: in-process, threads, or worker processes "
-        "(crash and hang isolation)")
+        "thread", description="where env steps run: thread (default: step_timeout fires on "
+        "Python-level hangs; envs that block in native code are refused), process (isolates "
+        "crashes and any hang; for envs you do not trust), serial (in-process, no deadline)")
     num_workers: Int | None = Field(None, ge=1, description="process/thread workers (null = "
                                     "one per env, capped by the CPU count)")
     max_steps: Int = Field(4, ge=1, description="episode step limit (truncation); 1 = single-"
