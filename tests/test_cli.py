@@ -92,12 +92,12 @@ def test_advantages_options_use_the_config_grammar(capsys):
 @pytest.mark.parametrize("content, message", [
     (None, "no such file"),
     ("", "no rows"),
-    ('{"group_id": 1, "traj_id": 1, "step": 0, "reward": 1.0}\n{oops}\n', r":2: not a JSON object"),
-    ("[1, 2]\n", ":1: expected a JSON object per line"),
+    ('{"group_id": 1, "traj_id": 1, "step": 0, "reward": 1.0}\n{oops}\n', r"rows.jsonl line 2: invalid JSON"),
+    ("[1, 2]\n", "rows.jsonl line 1: expected an object with named fields"),
     ('{"traj_id": 1, "step": 0, "reward": 1.0}\n', "group_id: required in every row"),
     ('{"group_id": 1, "step": 0, "reward": 1.0}\n', "traj_id: required in every row"),
     (b'{"group_id": 1, "traj_id": 1, "step": 0, "reward": 1.0}\n{"x": "\xff"}\n',
-     ":2: not UTF-8 text"),
+     "rows.jsonl line 2: not valid UTF-8"),
 ])
 def test_bad_rollout_files_exit_2_naming_file_line_and_field(tmp_path, capsys, content,
                                                              message):

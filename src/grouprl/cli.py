@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from grouprl.advantages import RolloutBatch, available_estimators, compute_advantages, state_ids
+from grouprl.data import read_records
 from grouprl.envs.pool import EnvFault
 from grouprl.recipes import train
 from grouprl.train import ConfigError, load_config, load_run_config, load_trained_policy
@@ -58,36 +59,13 @@ REQUIRED_COLUMNS = ("group_id", "traj_id", "step", "reward")
 
 
 def read_rollout_file(path: Path) -> list[dict[str, Any]]:
-    """The row objects of a JSON Lines rollout file; ``ValueError`` naming file and line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except UnicodeDecodeError as err:
-        line = text_line(path.read_bytes(), err.start)
-        raise ValueError(f"{path}:{line}: not UTF-8 text ({err.reason})") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not a JSON object ({err.msg}, column "
-                             f"{err.colno})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object per line, got "
-                             f"{type(row).__name__}")
-        rows.append(row)
+    """The row objects of a JSON Lines (or JSON, Parquet) rollout file, read by
+    :func:`grouprl.data.read_records`: errors name the file and line."""
+    rows = [record for _, record in read_records(str(path))]
     if not rows:
         raise ValueError(f"{path}: no rows (one JSON object per line, with "
                          f"{', '.join(REQUIRED_COLUMNS)})")
     return rows
-
-
-def text_line(data: bytes, offset: int) -> int:
-    """1-based line number of byte ``offset`` in ``data``."""
-    return data.count(b"\n", 0, offset) + 1
 
 
 def rows_to_batch(rows: list[dict[str, Any]]) -> RolloutBatch:

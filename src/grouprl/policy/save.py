@@ -33,6 +33,8 @@ from typing import Any
 
 from transformers.utils import logging as hf_logging
 
+from grouprl.fsync import fsync_path
+
 __all__ = ["no_progress_bars", "save_policy"]
 
 
@@ -68,20 +70,6 @@ def no_progress_bars() -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file or a folder entry to disk (a no-op where that is unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _stamps(root: Path) -> dict[Path, tuple[int, int]]:
     return {p: (st.st_mtime_ns, st.st_size) for p in root.rglob("*")
             if (st := p.stat()) and p.is_file()}
@@ -98,7 +86,7 @@ def _write(model: Any, tokenizer: Any, out: Path, kwargs: dict[str, Any]) -> Non
     written = [p for p, stamp in _stamps(out).items() if before.get(p) != stamp]
     folders = {q for p in written for q in p.parents if q == out or out in q.parents}
     for path in [*written, *sorted(folders, key=lambda q: -len(q.parts))]:
-        _fsync(path)
+        fsync_path(path)
 
 
 def save_policy(model: Any, tokenizer: Any, directory: str | Path, **kwargs: Any) -> Path:
@@ -133,5 +121,5 @@ def save_policy(model: Any, tokenizer: Any, directory: str | Path, **kwargs: Any
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync(out.parent)
+    fsync_path(out.parent)
     return out

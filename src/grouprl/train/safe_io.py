@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from grouprl.fsync import fsync_path
 from grouprl.validation import UserError
 
 __all__ = ["CheckpointError", "MANIFEST_FILE", "fsync_dir", "sha256_file", "write_manifest",
@@ -64,17 +65,8 @@ def _bad_file(path: Path, problem: str) -> CheckpointError:
 
 
 def fsync_dir(path: Path) -> None:
-    """Flush a directory entry to disk (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Flush a directory entry to disk (:func:`grouprl.fsync.fsync_path`)."""
+    fsync_path(path)
 
 
 def sha256_file(path: Path, fsync: bool = False) -> tuple[str, int]:
