@@ -282,3 +282,25 @@ def test_a_run_over_the_fault_budget_saves_a_checkpoint_and_exits_cleanly(tmp_pa
     ckpt = latest_checkpoint(run)
     assert ckpt is not None and ckpt.name == f"iter_{len(done):06d}", (ckpt, done)
     assert len(done) < 8
+
+
+def test_an_env_whose_reset_keeps_failing_drops_its_episode_in_a_rollout():
+    """A reset that fails on every retry no longer raises out of a rollout (e.g. a mid-run
+    evaluation): that episode is dropped and counted like any failed trajectory."""
+    from grouprl.agent import collect_rollouts
+
+    def generate(prompts):
+        n = len(prompts)
+        return Generation(texts=["<action>ok</action>"] * n,
+                          prompt_ids=left_pad([[1, 2]] * n, 0)[0],
+                          prompt_mask=left_pad([[1, 2]] * n, 0)[1],
+                          response_ids=torch.ones(n, 2, dtype=torch.long),
+                          response_mask=torch.ones(n, 2, dtype=torch.long),
+                          logprobs=torch.zeros(n, 2), truncated=torch.zeros(n, dtype=torch.bool))
+
+    with EnvPool(FAULTY, {"reset_fail_seeds": [1]}, 4) as pool:
+        r = collect_rollouts(pool, generate, template=get_template("default"),
+                             task_seeds=[0, 1], group_size=2, max_steps=3)
+    assert r.metrics["failed_trajectories"] == 2.0        # both episodes of seed 1
+    assert len(r.episode_return) == 2 and set(r.episode_group.tolist()) == {0}
+    assert len(r) == 2 * 3                                # seed 0's two episodes, 3 steps each

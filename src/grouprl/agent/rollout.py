@@ -7,8 +7,9 @@ live environment is rebuilt from its current observation plus the last ``history
 parsed, and every environment steps. Each agent step becomes one training row.
 
 Rows are returned environment-major and time-ascending, with explicit ``step`` indices. Rows after
-``done`` are never produced (verl's ``active_masks``). A trajectory whose environment crashed or
-timed out is dropped entirely and counted in ``failed_trajectories``; one whose env returned a
+``done`` are never produced (verl's ``active_masks``). A trajectory whose environment crashed,
+timed out or could not be reset (after the pool's retries) is dropped entirely and counted in
+``failed_trajectories``; one whose env returned a
 non-finite reward (NaN, ±inf) is ended there, dropped the same way and counted in
 ``nonfinite_reward_trajectories`` — it never reaches an estimator.
 
@@ -92,14 +93,14 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
     if pool.num_envs != num_envs:
         raise ValueError(f"pool: has {pool.num_envs} envs but {len(task_seeds)} tasks × "
                          f"group_size {group_size} = {num_envs} are needed")
-    resets = pool.reset_groups(list(task_seeds), group_size)
+    resets = pool.reset_groups(list(task_seeds), group_size, allow_failed=True)
     memory = HistoryMemory(num_envs, history_length)
     observation = [r.observation for r in resets]
     anchor: list[Hashable] = [r.anchor for r in resets]
     admissible = [r.admissible_actions for r in resets]
     task = [r.task for r in resets]
-    done = [False] * num_envs
-    failed = [False] * num_envs
+    failed = [r.failed for r in resets]     # a reset that kept failing: the episode is dropped
+    done = list(failed)
     won = [False] * num_envs
     nonfinite = [False] * num_envs
 

@@ -606,14 +606,17 @@ class EnvPool:
             raise EnvResetFailed("; ".join(given_up), results)
         return results  # type: ignore[return-value]
 
-    def reset_groups(self, task_seeds: Sequence[int], group_size: int) -> list[ResetResult]:
-        """Reset env ``i`` with ``task_seeds[i // group_size]`` (groups of one task each)."""
+    def reset_groups(self, task_seeds: Sequence[int], group_size: int, *,
+                     allow_failed: bool = False) -> list[ResetResult]:
+        """Reset env ``i`` with ``task_seeds[i // group_size]`` (groups of one task each);
+        ``allow_failed`` as in :meth:`reset`."""
         check_int("group_size", group_size, 1)
         task_seeds = list(task_seeds)
         if len(task_seeds) * group_size != self._n:
             raise ValueError(f"task_seeds/group_size: len(task_seeds)·group_size = "
                              f"{len(task_seeds)}·{group_size} must equal num_envs={self._n}")
-        return self.reset([task_seeds[i // group_size] for i in range(self._n)])
+        return self.reset([task_seeds[i // group_size] for i in range(self._n)],
+                          allow_failed=allow_failed)
 
     @staticmethod
     def _reset_result(value: Any) -> ResetResult:
