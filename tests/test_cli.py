@@ -92,7 +92,8 @@ def test_advantages_options_use_the_config_grammar(capsys):
 @pytest.mark.parametrize("content, message", [
     (None, "no such file"),
     ("", "no rows"),
-    ('{"group_id": 1, "traj_id": 1, "step": 0, "reward": 1.0}\n{oops}\n', r"rows.jsonl line 2: invalid JSON"),
+    ('{"group_id": 1, "traj_id": 1, "step": 0, "reward": 1.0}\n{oops}\n',
+     r"rows.jsonl line 2: invalid JSON"),
     ("[1, 2]\n", "rows.jsonl line 1: expected an object with named fields"),
     ('{"traj_id": 1, "step": 0, "reward": 1.0}\n', "group_id: required in every row"),
     ('{"group_id": 1, "step": 0, "reward": 1.0}\n', "traj_id: required in every row"),

@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, overload
 
+from ..cache import cache_dir
 from .sources import load_reasoning_dataset
 from .types import ReasoningExample
 
@@ -58,19 +59,8 @@ _FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 def dataset_cache_dir() -> Path | None:
     """The store directory (module docstring), created if needed; ``None`` when it cannot be
-    created or is not owned by this user."""
-    root = os.environ.get("GROUPRL_CACHE_DIR")
-    uid = os.getuid() if hasattr(os, "getuid") else None
-    base = Path(root) if root else Path(tempfile.gettempdir()) / f"grouprl-{uid}"
-    directory = base / "datasets"
-    try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for d in (base, directory):
-            if uid is not None and d.stat().st_uid != uid:
-                return None
-    except OSError:
-        return None
-    return directory
+    created or is not owned by this user (:func:`grouprl.cache.cache_dir`)."""
+    return cache_dir("datasets")
 
 
 class SharedExamples(Sequence[ReasoningExample]):

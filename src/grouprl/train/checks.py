@@ -8,8 +8,9 @@ declares ``single_turn`` needs ``env.max_steps=1``; dict-typed options
 estimator / loss / shaper they belong to, so a typo lists the valid names.
 
 Inputs are checked before any work too: ``model.device`` (cpu, cuda, cuda:N or auto),
-``model.path`` (:func:`grouprl.policy.load.check_model_dir`: each way a model directory can be
-missing or incomplete has its message) and the env's data (:func:`check_env_data`: an env class
+``model.path`` (:func:`grouprl.policy.builtin.check_model_path`: each way a model directory can
+be missing or incomplete has its message; a ``builtin:NAME`` or ``.gguf`` path is checked
+without converting it) and the env's data (:func:`check_env_data`: an env class
 that declares ``prepare_data`` loads its dataset here, once, and shares it with its workers).
 :func:`check_resources` estimates the rollout's memory once the policy is loaded and refuses a
 batch that cannot fit, naming the ``rollout.*`` keys to change.
@@ -32,8 +33,8 @@ from grouprl.envs import LazyFactory, available_envs
 from grouprl.envs.registry import resolve_factory
 from grouprl.losses import SEQUENCE_LOSSES, available_policy_losses
 from grouprl.losses.objective import make_objective, objective_class
+from grouprl.policy.builtin import builtin_model_names, check_model_path, is_model_spec
 from grouprl.policy.generate import prompt_token_limit
-from grouprl.policy.load import check_model_dir
 from grouprl.rewards.shaping import available_shapers, make_shaper
 from grouprl.rewards.stage import dot_options, split_reward_options
 from grouprl.train.config import ConfigError, TrainConfig
@@ -57,15 +58,17 @@ def _wrap(key: str, fn, *args, **kwargs):
 
 def check_model_config(cfg: TrainConfig) -> None:
     """``model.device`` is cpu, cuda, cuda:N (present) or auto; ``model.path`` is a complete
-    local model directory (:func:`grouprl.policy.load.check_model_dir`)."""
+    local model directory, or a ``builtin:NAME`` / ``.gguf`` file that can be converted
+    (:func:`grouprl.policy.builtin.check_model_path`; nothing is converted here)."""
     resolve_device(cfg.model.device)
     if cfg.model.path is None:
         return
-    if not Path(cfg.model.path).expanduser().exists():
+    if not is_model_spec(cfg.model.path) and not Path(cfg.model.path).expanduser().exists():
         raise ConfigError(f"model.path: {cfg.model.path!r} is not a local directory (grouprl "
-                          "never downloads at run time; set model.path=null for the tiny model)")
+                          "never downloads at run time; set model.path=null for the tiny model, "
+                          f"or use a .gguf file or one of {builtin_model_names()})")
     try:
-        check_model_dir(cfg.model.path)
+        check_model_path(cfg.model.path)
     except UserError as err:
         raise ConfigError(f"model.path: {err}") from None
 

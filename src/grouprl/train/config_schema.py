@@ -71,8 +71,9 @@ class LoraConfig:
 class ModelConfig:
     """The policy model."""
 
-    path: Str | None = Field(None, description="local HF model directory; null = build the "
-                             "tiny model (nothing is downloaded at run time)")
+    path: Str | None = Field(None, description="local HF model directory, a .gguf file or "
+                             "builtin:smollm2-135m-instruct (GGUF converted once, cached); null "
+                             "= build the tiny model (nothing is downloaded at run time)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="parameter dtype")
     device: Str = Field("cpu", description="cpu, cuda, cuda:N or auto (cuda when available)")

@@ -207,7 +207,8 @@ def load_or_build_policy(cfg: TrainConfig, run_dir: Path, corpus: Callable[[], T
     if loaded is not None:
         return loaded
     if m.path is not None:
-        return load_policy(m.path, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
+        return load_policy(m.path, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
+                           echo=echo)
     loaded = load_verified_model_dir(base, model_dir_record(cfg, BASE_MODEL_DIR), dtype=m.dtype)
     if loaded is not None:
         return loaded
