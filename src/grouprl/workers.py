@@ -57,16 +57,10 @@ deadline as its timeout.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import multiprocessing as mp
-import os
 import pickle
-import signal
-import sys
-import sysconfig
 import time
-import types
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -75,10 +69,10 @@ from multiprocessing.connection import wait as wait_handles
 from typing import Any
 
 from grouprl.validation import check_choice, check_int, check_number
+from grouprl.worker_process import Worker, describe, main_module_imports, shutdown_workers
 
 __all__ = ["CallResult", "WorkerPool", "WorkerStartError", "main_module_imports"]
 
-_CLOSE_WAIT_S = 2.0  # close(): how long idle workers get to stop by themselves
 
 
 @dataclass(frozen=True)
@@ -106,171 +100,6 @@ class WorkerStartError(RuntimeError):
     def __init__(self, index: int, reason: str) -> None:
         super().__init__(f"worker {index} failed to start: {reason}")
         self.index, self.reason = index, reason
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def main_module_imports() -> list[str]:
-    """The already imported modules the main module's globals come from (its imports).
-
-    Every spawn/forkserver child runs the main module again (as ``__mp_main__``), so a main
-    script that imports torch or the grouprl CLI costs each new worker that import (about 1 s
-    for torch alone).  The forkserver's own ``"__main__"`` preload is meant to prevent that,
-    but in CPython 3.11 it never reaches the server (it looks for a ``main_path`` key that the
-    preparation data does not have), so the pool preloads these modules instead: the server
-    imports them once and each fork starts warm.
-
-    Only installed modules are listed (the standard library, ``site-packages`` and grouprl):
-    the server imports them with its own ``sys.path``, and an import error other than
-    ``ImportError`` would end it."""
-    main = sys.modules.get("__main__")
-    names: set[str] = set()
-    for value in list(vars(main).values()) if main is not None else []:
-        try:
-            name = value.__name__ if isinstance(value, types.ModuleType) else value.__module__
-        except Exception:  # noqa: BLE001 - any object may sit in the main namespace
-            continue
-        if isinstance(name, str) and name in sys.modules and _installed(name):
-            names.add(name)
-    return sorted(names)
-
-
-def _installed(name: str) -> bool:
-    """Whether module ``name`` comes from the standard library, ``site-packages`` or grouprl."""
-    top = name.partition(".")[0]
-    if top in ("__main__", "__mp_main__", "builtins"):
-        return False
-    if top == "grouprl":
-        return True
-    path = getattr(sys.modules.get(top), "__file__", None)
-    if not isinstance(path, str):
-        return False
-    parts = os.path.normpath(path).split(os.sep)
-    stdlib = os.path.normpath(sysconfig.get_paths()["stdlib"]) + os.sep
-    return "site-packages" in parts or "dist-packages" in parts or \
-        os.path.normpath(path).startswith(stdlib)
-
-
-# -- the worker process ------------------------------------------------------------------------
-
-
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    sys.exit(0)  # unwinds to _serve's finally: finalize(state) runs
-
-
-def _serve(conn: Any, init: Callable[[], Any], handle: Callable[[Any, Any], Any],
-           finalize: Callable[[Any], None] | None) -> None:
-    """Worker main: build the state, then answer ``("call", payload)`` until ``("stop", _)``
-    or a closed pipe.  Ctrl-C is the parent's to handle."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    built, state = False, None
-    try:
-        try:
-            state, built = init(), True
-        except Exception as exc:
-            conn.send(("error", f"construction failed: {_describe(exc)}"))
-            return
-        conn.send(("ready", os.getpid()))
-        while True:
-            try:
-                kind, payload = conn.recv()
-            except (EOFError, OSError):
-                return
-            if kind != "call":
-                return
-            try:
-                reply: tuple[str, Any] = ("ok", handle(state, payload))
-            except Exception as exc:
-                reply = ("error", _describe(exc))
-            try:
-                conn.send(reply)
-            except Exception as exc:  # the result does not pickle
-                conn.send(("error", f"cannot send the result: {_describe(exc)}"))
-    finally:
-        if built and finalize is not None:
-            with contextlib.suppress(Exception):
-                finalize(state)
-        with contextlib.suppress(Exception):
-            conn.close()
-
-
-# -- the parent's side -------------------------------------------------------------------------
-
-
-class _Worker:
-    """One worker process, the parent's end of its pipe, and what it is doing."""
-
-    def __init__(self, ctx: Any, target: tuple[Any, ...], name: str,
-                 start_timeout: float | None) -> None:
-        self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_serve, args=(child, *target), name=name, daemon=True)
-        try:
-            self.process.start()
-        except BaseException:
-            self.conn.close()
-            raise
-        finally:
-            child.close()
-        self.state = "starting"  # "starting" -> "idle" <-> "busy" -> "stopped"
-        self.job: int | None = None
-        self.deadline = math.inf if start_timeout is None else time.monotonic() + start_timeout
-
-    def exit_note(self) -> str:
-        self.process.join(0.2)
-        code = self.process.exitcode
-        return "worker process died" + ("" if code is None else f" (exit code {code})")
-
-    def event(self, now: float) -> tuple[str, Any] | None:
-        """``("msg", message)``, ``("died", note)``, ``("late", None)`` or ``None``."""
-        try:
-            if self.conn.poll():
-                return "msg", self.conn.recv()
-        except (EOFError, OSError):
-            return "died", self.exit_note()
-        if not self.process.is_alive():
-            return "died", self.exit_note()
-        return ("late", None) if now >= self.deadline else None
-
-    def stop(self, grace: float) -> None:
-        """An idle worker is asked to stop and given ``grace`` seconds; then SIGTERM,
-        ``grace`` seconds, SIGKILL; the process is reaped."""
-        p = self.process
-        if self.state == "idle" and grace > 0 and p.is_alive():
-            with contextlib.suppress(Exception):
-                self.conn.send(("stop", None))  # it runs finalize(state) and exits
-            p.join(grace)
-        self.state = "stopped"
-        with contextlib.suppress(Exception):
-            self.conn.close()
-        if grace > 0 and p.is_alive():
-            p.terminate()
-            p.join(grace)
-        if p.is_alive():
-            p.kill()
-        p.join(5.0)
-        with contextlib.suppress(ValueError):
-            p.close()
-
-
-def _shutdown(workers: list[_Worker | None], grace: float) -> None:
-    """Stop every worker: idle ones are asked to finish, busy ones stopped at once."""
-    live = [w for w in workers if w is not None]
-    workers[:] = [None] * len(workers)
-    for w in [w for w in live if w.state == "busy"]:
-        live.remove(w)
-        w.stop(grace)
-    for w in live:
-        with contextlib.suppress(Exception):
-            w.conn.send(("stop", None))
-        w.state = "stopping"
-    deadline = time.monotonic() + _CLOSE_WAIT_S
-    for w in live:
-        with contextlib.suppress(Exception):
-            w.process.join(max(0.0, deadline - time.monotonic()))
-        w.stop(grace)
 
 
 class _Round:
@@ -335,7 +164,7 @@ class WorkerPool:
         except Exception as exc:
             raise TypeError("init/handle/finalize: must pickle to reach the worker processes "
                             "(module-level functions, or functools.partial of them with "
-                            f"picklable arguments); {_describe(exc)}") from None
+                            f"picklable arguments); {describe(exc)}") from None
         self.timeout = None if timeout is None else float(timeout)
         self.start_timeout = None if start_timeout is None else float(start_timeout)
         self.kill_grace = float(kill_grace)
@@ -351,8 +180,8 @@ class WorkerPool:
             self._ctx.set_forkserver_preload(modules)
         self._target = (init, handle, finalize)
         self._spawn_error: str | None = None
-        self._workers: list[_Worker | None] = [None] * num_workers
-        self._finalizer = weakref.finalize(self, _shutdown, self._workers, self.kill_grace)
+        self._workers: list[Worker | None] = [None] * num_workers
+        self._finalizer = weakref.finalize(self, shutdown_workers, self._workers, self.kill_grace)
         self._closed = False
         try:
             for i in range(num_workers):
@@ -447,8 +276,8 @@ class WorkerPool:
         if self._closed:
             raise RuntimeError("WorkerPool is closed")
 
-    def _spawn(self, i: int) -> _Worker:
-        return _Worker(self._ctx, self._target, f"{self.name}-{i}", self.start_timeout)
+    def _spawn(self, i: int) -> Worker:
+        return Worker(self._ctx, self._target, f"{self.name}-{i}", self.start_timeout)
 
     def _budget_left(self) -> bool:
         return self.max_restarts is None or self.stats["restarts"] < self.max_restarts
@@ -461,7 +290,7 @@ class WorkerPool:
         try:
             self._workers[i] = self._spawn(i)
         except Exception as exc:  # noqa: BLE001 - e.g. EAGAIN/EMFILE: retried at the next need
-            self._spawn_error = _describe(exc)
+            self._spawn_error = describe(exc)
             return False
         self._spawn_error = None
         self.stats["restarts"] += 1
@@ -472,7 +301,7 @@ class WorkerPool:
         if w is not None:
             w.stop(self.kill_grace if grace is None else grace)
 
-    def _started(self, i: int, w: _Worker, event: tuple[str, Any]) -> str | None:
+    def _started(self, i: int, w: Worker, event: tuple[str, Any]) -> str | None:
         """Handle a starting worker's event: ``None`` when ready, else why it failed (the
         slot is then emptied)."""
         kind, data = event
@@ -541,7 +370,7 @@ class WorkerPool:
             try:
                 w.conn.send(("call", rnd.payloads[job]))
             except (OSError, ValueError) as exc:  # it died while idle
-                note = f"{w.exit_note()}; {_describe(exc)}"
+                note = f"{w.exit_note()}; {describe(exc)}"
                 self._take_down(i, grace=0.0)
                 if pinned:  # its state is gone with it: the call fails
                     self._finish(rnd, job, CallResult(False, error=note,
@@ -553,7 +382,7 @@ class WorkerPool:
             w.state, w.job = "busy", job
             w.deadline = math.inf if self.timeout is None else time.monotonic() + self.timeout
 
-    def _on_event(self, rnd: _Round, i: int, w: _Worker, event: tuple[str, Any]) -> None:
+    def _on_event(self, rnd: _Round, i: int, w: Worker, event: tuple[str, Any]) -> None:
         if w.state == "starting":
             reason = self._started(i, w, event)
             job = None if reason is None else rnd.take(i)
