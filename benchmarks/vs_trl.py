@@ -225,7 +225,7 @@ def make_verifier(difficulty: Sequence[int]) -> tuple[Any, str]:
     env scores with (same mode and backend), or the ``<answer>`` integer match without it."""
     kw = _env_kwargs(difficulty)
     try:
-        from grouprl.rewards.verify import Verifier
+        from grouprl.rewards.verifier import Verifier
 
         v = Verifier(mode=kw.get("verifier", "answer_tag"), backend=kw.get("backend", "auto"),
                      timeout_s=kw.get("verifier_timeout", 5.0), workers=0,

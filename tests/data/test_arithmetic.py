@@ -92,7 +92,7 @@ def test_solution_format_and_every_step_is_true(train):
 
 
 def test_solutions_verify_with_the_builtin_verifier(train):
-    from grouprl.rewards.verify import Verifier
+    from grouprl.rewards.verifier import Verifier
 
     verifier = Verifier(mode="answer_tag", backend="builtin", require_think_close=True)
     for e in train:

@@ -11,14 +11,8 @@ import time
 import pytest
 
 import grouprl.rewards.verify as verify_mod
-from grouprl.rewards.verify import (
-    REASONS,
-    Verifier,
-    VerifyResult,
-    builtin_equal,
-    close_isolated_verifiers,
-    verify_answer,
-)
+from grouprl.rewards.verifier import Verifier, close_isolated_verifiers
+from grouprl.rewards.verify import REASONS, VerifyResult, builtin_equal, verify_answer
 from testing_utils import alive
 
 # find_spec, not an import: worker processes import this module to unpickle ``flaky_check``

@@ -2,7 +2,7 @@
 
 A reasoning task (prompt → answer → verifier reward) runs through the same trainer as the
 multi-turn agent tasks: ``reset(seed)`` shows a question, the model's whole reply is the one
-action, ``step(reply)`` scores it with :class:`grouprl.rewards.verify.Verifier` against the gold
+action, ``step(reply)`` scores it with :class:`grouprl.rewards.verifier.Verifier` against the gold
 answer and ends the episode.  Every group estimator and loss therefore works unchanged (each
 trajectory has one row whose reward is the outcome).
 
@@ -41,7 +41,7 @@ from typing import Any
 from grouprl.data.sources import DataError
 from grouprl.data.store import shared_reasoning_dataset
 from grouprl.data.types import ReasoningExample
-from grouprl.rewards.verify import Verifier
+from grouprl.rewards.verifier import Verifier
 
 __all__ = ["ReasoningEnv", "clear_dataset_cache"]
 
@@ -113,7 +113,7 @@ class ReasoningEnv:
             generator's seed).
         prompt_field, answer_field, solution_field, gsm8k_answers: field mapping of file and
             ``hf:`` records.
-        verifier: the :class:`~grouprl.rewards.verify.Verifier` mode (``"answer_tag"`` for the
+        verifier: the :class:`~grouprl.rewards.verifier.Verifier` mode (``"answer_tag"`` for the
             builtin data, whose solutions end ``<answer>N</answer>``; ``"boxed"``, ``"gsm8k"``,
             ``"free"``).
         backend, verifier_timeout, verifier_workers, require_think_close: passed to the
@@ -183,7 +183,7 @@ class ReasoningEnv:
 
     @property
     def verifier(self) -> Any:
-        """The :class:`~grouprl.rewards.verify.Verifier` (its ``stats`` count outcomes)."""
+        """The :class:`~grouprl.rewards.verifier.Verifier` (its ``stats`` count outcomes)."""
         return self._verifier
 
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:

@@ -29,7 +29,7 @@ import torch
 
 from grouprl.envs.pool import EnvFault
 from grouprl.losses.objective import make_objective
-from grouprl.rewards.verify import close_isolated_verifiers
+from grouprl.rewards.verifier import close_isolated_verifiers
 from grouprl.train.checkpoint import save_checkpoint
 from grouprl.train.checks import check_resources, check_rl_config
 from grouprl.train.config import TrainConfig, config_to_dict
