@@ -22,6 +22,7 @@ import torch
 
 from grouprl.agent.prompts import PromptTemplate, apply_chat_template
 from grouprl.envs import make_env
+from grouprl.envs.registry import resolve_factory
 from grouprl.train.bc import ExpertSample, clone_behaviour, expert_samples
 from grouprl.train.config import TrainConfig
 from grouprl.train.metrics import MetricsLogger
@@ -53,15 +54,27 @@ def env_corpus(cfg: TrainConfig, template: PromptTemplate) -> TinyCorpus:
                       f"{samples.errors[0]}", RuntimeWarning, stacklevel=2)
     tag = cfg.agent.action_tag
     specials: tuple[str, ...] = (f"<{tag}>", f"</{tag}>") if tag else ()
-    probe = make_env(cfg.env.name, **cfg.env.kwargs)
+    source, probe = _tokenizer_hints(cfg)
     try:
-        specials += tuple(x for x in getattr(probe, "special_tokens", ()) if x not in specials)
-        isolate = getattr(probe, "isolate_chars", None) or getattr(probe, "grid_symbols", "") \
+        specials += tuple(x for x in getattr(source, "special_tokens", ()) if x not in specials)
+        isolate = getattr(source, "isolate_chars", None) or getattr(source, "grid_symbols", "") \
             or ""
     finally:
-        probe.close()
+        if probe is not None:
+            probe.close()
     return TinyCorpus([s.prompt for s in samples] + [s.response for s in samples], specials,
                       isolate, cfg.env.name)
+
+
+def _tokenizer_hints(cfg: TrainConfig) -> tuple[Any, Any]:
+    """``(source, probe)``: where to read the env's ``special_tokens`` / ``isolate_chars`` /
+    ``grid_symbols`` — its class when the registered factory is one (nothing is built in this
+    process), else an instance ``probe`` built here (to close after reading)."""
+    factory = resolve_factory(cfg.env.name)
+    if isinstance(factory, type):
+        return factory, None
+    probe = make_env(cfg.env.name, **cfg.env.kwargs)
+    return probe, probe
 
 
 def behaviour_cloning(cfg: TrainConfig, model: torch.nn.Module, tok: Any,
