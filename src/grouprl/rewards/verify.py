@@ -37,18 +37,19 @@ gold that contains a box (a MATH solution) to the box's content.
 Timeouts and threads
 --------------------
 math-verify times out with ``signal.alarm``, which only works in the main thread of the main
-interpreter: :func:`verify_answer` passes its ``timeout_s`` to math-verify in the main thread and
-disables math-verify's timeout elsewhere (spec §C1 threading note). That timeout is best
+interpreter: :func:`verify_answer` passes its ``timeout_s`` to math-verify in the main thread
+and disables math-verify's timeout elsewhere (spec §C1 threading note). That timeout is best
 effort: its exception is raised wherever the interpreter happens to be, and one raised inside a
 callback that swallows exceptions (a ``gc`` callback, as hypothesis installs) is lost, leaving
-sympy to run on. Even in the main thread a check can sit in native code (sympy's big-integer power on ``9^{9^{9^{9}}}``) holding the GIL:
-in a thread that freezes the whole process, since no other thread (a pool's deadline included)
-runs again. For training, use :class:`Verifier` with ``workers > 0`` or ``isolated=True``:
-calls run in persistent worker processes (:class:`grouprl.workers.WorkerPool`) with a
-wall-clock timeout of our own; a call that runs too long returns reason ``"timeout"`` and its
-worker is killed and replaced, a worker that dies returns ``"error"``. Isolated verifiers (the
-reasoning env's, when it runs in the trainer's process: ``EnvPool`` backends ``serial`` and
-``thread``) share their worker processes (:func:`close_isolated_verifiers`).
+sympy to run on. Even in the main thread a check can sit in native code (sympy's big-integer
+power on ``9^{9^{9^{9}}}``) holding the GIL: in a thread that freezes the whole process, since
+no other thread (a pool's deadline included) runs again. For training, use :class:`Verifier`
+with ``workers > 0`` or ``isolated=True``: calls run in persistent worker processes
+(:class:`grouprl.workers.WorkerPool`) with a wall-clock timeout of our own; a call that runs too
+long returns reason ``"timeout"`` and its worker is killed and replaced, a worker that dies
+returns ``"error"``. Isolated verifiers (the reasoning env's, when it runs in the trainer's
+process: ``EnvPool`` backends ``serial`` and ``thread``) share their worker processes
+(:func:`close_isolated_verifiers`).
 """
 
 from __future__ import annotations
