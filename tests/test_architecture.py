@@ -14,8 +14,10 @@ from grouprl.rewards.shaping import available_shapers
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "grouprl"
 ALGORITHM_FREE = [SRC / "recipes" / "rl.py", SRC / "recipes" / "preference.py",
+                  SRC / "recipes" / "multiagent.py", SRC / "recipes" / "phgpo.py",
                   SRC / "train" / "learner.py", SRC / "train" / "sampling.py",
-                  SRC / "train" / "estimate.py", SRC / "rewards" / "stage.py"]
+                  SRC / "train" / "estimate.py", SRC / "rewards" / "stage.py",
+                  SRC / "train" / "team_update.py", SRC / "train" / "team_rollout.py"]
 
 
 def _names() -> set[str]:
@@ -54,9 +56,11 @@ def test_components_and_recipes_stay_small(package):
     assert max(sizes.values()) <= 420, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
 
 
-def test_the_rl_loop_fits_one_screen():
-    tree = ast.parse((SRC / "recipes" / "rl.py").read_text())
-    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "train_rl")
+@pytest.mark.parametrize("module,name", [("rl", "train_rl"), ("multiagent", "train_multiagent"),
+                                         ("phgpo", "train_phgpo")])
+def test_each_recipe_loop_fits_one_screen(module, name):
+    tree = ast.parse((SRC / "recipes" / f"{module}.py").read_text())
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
     loop = next(n for n in ast.walk(fn) if isinstance(n, ast.For))
     assert fn.end_lineno - fn.lineno <= 140
     assert loop.end_lineno - loop.lineno <= 60

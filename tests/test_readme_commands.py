@@ -21,6 +21,14 @@ TINY_MODEL = ["model.tiny.vocab_size=300", "model.tiny.hidden_size=32",
               "logging.progress=false", "threads=1"]
 RL_BUDGET = [*TINY_MODEL, "bc.episodes=4", "bc.epochs=1", "iterations=1", "eval.episodes=2",
              "rollout.groups_per_batch=2", "rollout.group_size=2", "save_every=1"]
+TEAM_BUDGET = [*TINY_MODEL, "iterations=1", "rollout.groups_per_batch=2",
+               "rollout.group_size=2", "rollout.max_new_tokens=6", "eval.episodes=2",
+               "multiagent.eval_k=2", "multiagent.warm_start_samples=8", "save_every=1"]
+PHGPO_BUDGET = [*TINY_MODEL, "phgpo.num_tasks=30", "phgpo.supervised_epochs=1",
+                "phgpo.max_length=96",
+                "phgpo.curriculum=[{max_steps: 3, epochs: 1, tf_start: 0.3, tf_end: 0.2}]",
+                "phgpo.stage3_epochs=1", "phgpo.tasks_per_epoch=2", "phgpo.group_size=2",
+                "phgpo.eval_rollouts=2", "eval.episodes=2", "eval.every=0", "save_every=1"]
 PREFERENCE_BUDGET = [*TINY_MODEL, "preference.limit=16", "preference.epochs=1",
                      "preference.batch_size=8", "preference.micro_batch_size=4",
                      "preference.sft_epochs=1", "preference.eval_every=0"]
@@ -45,7 +53,12 @@ def with_budget(argv: list[str]) -> list[str]:
         return argv
     head = rest[:1] if rest and "=" not in rest[0] else []
     recipe = (ROOT / head[0]).read_text() if head else ""
-    budget = PREFERENCE_BUDGET if "mode: preference" in recipe else RL_BUDGET
+    mode = re.search(r"^mode: (\w+)", recipe, flags=re.M)
+    budget = {"preference": PREFERENCE_BUDGET, "multiagent": TEAM_BUDGET,
+              "phgpo": PHGPO_BUDGET}.get(mode.group(1) if mode else "rl", RL_BUDGET)
+    if re.search(r"^\s*path:\s*['\"]?builtin:", recipe, flags=re.M):   # a real model: the
+        # smoke run uses the tiny model (tests/policy/test_builtin_models.py runs the real one)
+        budget = [*budget, "model.path=null"]
     return [command, *head, *budget, *rest[len(head):]]
 
 

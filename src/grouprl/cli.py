@@ -34,7 +34,7 @@ from grouprl.data import read_records
 from grouprl.envs.pool import EnvFault
 from grouprl.recipes import train
 from grouprl.train import ConfigError, load_config, load_run_config, load_trained_policy
-from grouprl.train.checks import check_rl_config
+from grouprl.train.checks import check_phgpo_config, check_rl_config
 from grouprl.train.config import TrainConfig, config_reference, dump_config, format_keys
 from grouprl.train.evaluate import evaluate_run
 from grouprl.train.pair_data import validate_preference_config
@@ -152,12 +152,15 @@ def _split_config(items: list[str]) -> tuple[str | None, list[str]]:
     return None, items
 
 
+CONFIG_CHECKS = {"rl": check_rl_config, "multiagent": check_rl_config,
+                 "preference": validate_preference_config, "phgpo": check_phgpo_config}
+"""The checks each recipe runs before any work (``check_rl_config`` hands a multi-agent config
+to ``check_multiagent_config``)."""
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Every check a run does before any work (cross-key rules, algorithm options)."""
-    if cfg.mode == "preference":
-        validate_preference_config(cfg)
-    else:
-        check_rl_config(cfg)
+    CONFIG_CHECKS[cfg.mode](cfg)
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -208,13 +211,17 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+EVAL_KEYS = {"preference": "eval/reward_accuracy", "multiagent": "val/avg@k, val/pass@k",
+             "phgpo": "eval/match_rate, eval/match_rate_beta0"}
+
+
 def _eval(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.run_dir, args.overrides,  # eval.*, env.* … overrides
                           trusted=args.trust_run)
-    if cfg.mode == "preference":
-        raise ConfigError("mode: grouprl eval evaluates RL runs in their env; a preference "
-                          "run logs eval/reward_accuracy on its held-out pairs in "
-                          "metrics.jsonl (grouprl plot RUN_DIR)")
+    if cfg.mode != "rl":
+        raise ConfigError(f"mode: grouprl eval evaluates mode-rl runs in their env; a "
+                          f"{cfg.mode} run logs its held-out metrics ({EVAL_KEYS[cfg.mode]}) in "
+                          "metrics.jsonl during training (grouprl plot RUN_DIR)")
     _, model, tok, template, iteration = load_trained_policy(args.run_dir, args.checkpoint,
                                                              trusted=args.trust_run)
     metrics = evaluate_run(cfg, model, tok, template)

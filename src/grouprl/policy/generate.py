@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from ..losses.logprobs import IGNORE_INDEX, token_logprobs
+from .precision import autocast
 
 __all__ = ["Generation", "PromptTruncationWarning", "generate", "left_pad",
            "prompt_token_limit", "response_logprobs"]
@@ -401,8 +402,8 @@ def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str] | Sequenc
              *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
              top_k: int = 0, do_sample: bool = True, stop_strings: Sequence[str] = (),
              generator: torch.Generator | None = None, batch_size: int | None = None,
-             add_special_tokens: bool = False, max_prompt_tokens: int | None = None
-             ) -> Generation:
+             add_special_tokens: bool = False, max_prompt_tokens: int | None = None,
+             autocast_dtype: torch.dtype | None = None) -> Generation:
     """Sample responses for a batch of prompts (see the module docstring for the loop).
 
     Args:
@@ -422,6 +423,8 @@ def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str] | Sequenc
         add_special_tokens: passed to the tokenizer for string prompts (e.g. a BOS token).
         max_prompt_tokens: longer prompts keep their last ``max_prompt_tokens`` tokens;
             ``None``: the model's context minus ``max_new_tokens`` (:func:`prompt_token_limit`).
+        autocast_dtype: run the forwards under ``torch.autocast`` in this dtype (one region
+            for the whole call; :mod:`grouprl.policy.precision`); None = the model's dtype.
 
     Returns:
         a :class:`Generation`.
@@ -443,12 +446,14 @@ def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str] | Sequenc
     was_training = model.training
     model.eval()
     try:
-        parts = [_generate_chunk(model, tokenizer, id_lists[i:i + chunk],
-                                 max_new_tokens=max_new_tokens, temperature=float(temperature),
-                                 top_p=float(top_p), top_k=top_k, do_sample=do_sample,
-                                 stop_strings=stops, generator=generator, pad_id=pad_id,
-                                 eos_ids=eos_ids, keep_arg=keep_arg, cache_kw=cache_kw)
-                 for i in range(0, len(id_lists), chunk)]
+        with autocast(device, autocast_dtype):
+            parts = [_generate_chunk(model, tokenizer, id_lists[i:i + chunk],
+                                     max_new_tokens=max_new_tokens,
+                                     temperature=float(temperature), top_p=float(top_p),
+                                     top_k=top_k, do_sample=do_sample, stop_strings=stops,
+                                     generator=generator, pad_id=pad_id, eos_ids=eos_ids,
+                                     keep_arg=keep_arg, cache_kw=cache_kw)
+                     for i in range(0, len(id_lists), chunk)]
     finally:
         model.train(was_training)
     out = _concat(parts, pad_id)
@@ -470,7 +475,8 @@ def _check_pair(name_ids: str, ids, name_mask: str, mask) -> None:
 def response_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor,
                       prompt_mask: torch.Tensor, response_ids: torch.Tensor,
                       response_mask: torch.Tensor, *, temperature: float = 1.0,
-                      with_entropy: bool = False, micro_batch_size: int | None = None
+                      with_entropy: bool = False, micro_batch_size: int | None = None,
+                      autocast_dtype: torch.dtype | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Teacher-forced log-probs (and entropy) of the response tokens; differentiable.
 
@@ -485,6 +491,8 @@ def response_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor,
         temperature: the sampling temperature (1 for greedy).
         with_entropy: also return the per-token entropy.
         micro_batch_size: rows per forward (default: all); results are concatenated.
+        autocast_dtype: run each forward under ``torch.autocast`` in this dtype (the
+            log-softmax stays float32); None = the model's dtype.
 
     Returns:
         ``(logp, entropy)``: (B, R) float32 (float64 for a float64 model), 0 on padding;
@@ -513,9 +521,10 @@ def response_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor,
         r_ids, r_mask = response_ids[i:i + step], response_mask[i:i + step]
         ids = torch.cat([prompt_ids[i:i + step], r_ids], dim=1)
         mask = torch.cat([prompt_mask[i:i + step], r_mask], dim=1).long()
-        logits = model(input_ids=ids, attention_mask=mask,
-                       position_ids=(mask.cumsum(-1) - 1).clamp_min(0), use_cache=False,
-                       **extra).logits
+        with autocast(ids.device, autocast_dtype):
+            logits = model(input_ids=ids, attention_mask=mask,
+                           position_ids=(mask.cumsum(-1) - 1).clamp_min(0), use_cache=False,
+                           **extra).logits
         logits = logits[:, -(width + 1):-1]
         labels = r_ids.masked_fill(r_mask == 0, IGNORE_INDEX)
         out = token_logprobs(logits, labels, temperature=temperature, with_entropy=with_entropy)

@@ -3,6 +3,9 @@ fits a screen and names no algorithm (torchtune's split; DESIGN.md).
 
 - :func:`grouprl.recipes.rl.train_rl` — agent and reasoning RL (``mode: rl``);
 - :func:`grouprl.recipes.preference.train_preference` — offline pairs (``mode: preference``).
+- :func:`grouprl.recipes.phgpo.train_phgpo` — tool planning with PhGPO (``mode: phgpo``).
+- :func:`grouprl.recipes.multiagent.train_multiagent` — a team of agents, Dr. MAS
+  (``mode: multiagent``).
 
 :func:`train` runs the recipe of ``cfg.mode``.
 """
@@ -11,15 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from grouprl.recipes.multiagent import train_multiagent
+from grouprl.recipes.phgpo import train_phgpo
 from grouprl.recipes.preference import train_preference
 from grouprl.recipes.rl import train_rl
 from grouprl.train.config import TrainConfig
 from grouprl.train.setup import TrainResult
 
-__all__ = ["RECIPES", "train", "train_rl", "train_preference", "TrainResult"]
+__all__ = ["RECIPES", "train", "train_rl", "train_preference", "train_phgpo", "train_multiagent",
+           "TrainResult"]
 
 RECIPES: dict[str, Callable[..., TrainResult]] = {"rl": train_rl,
-                                                  "preference": train_preference}
+                                                  "preference": train_preference,
+                                                  "phgpo": train_phgpo,
+                                                  "multiagent": train_multiagent}
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False,

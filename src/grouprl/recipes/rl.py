@@ -29,6 +29,7 @@ import torch
 
 from grouprl.envs.pool import EnvFault
 from grouprl.losses.objective import make_objective
+from grouprl.policy.precision import autocast, compute_dtype
 from grouprl.rewards.verifier import close_isolated_verifiers
 from grouprl.train.checkpoint import save_checkpoint
 from grouprl.train.checks import check_resources, check_rl_config
@@ -37,6 +38,7 @@ from grouprl.train.estimate import AdvantageStage, run_settings
 from grouprl.train.evaluate import evaluate_run, make_generate_fn
 from grouprl.train.learner import batched_logprobs, update_policy
 from grouprl.train.metrics import MetricsLogger, ProgressBar, read_metrics
+from grouprl.train.progress import IterationStatus
 from grouprl.train.resume import ResumePoint, resume_run
 from grouprl.train.sampling import Sampler
 from grouprl.train.setup import (
@@ -85,7 +87,8 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
                                    stop=tuple(ro.stop), generator=generators["sampling"],
                                    batch_size=ro.generation_batch_size,
                                    max_prompt_tokens=ro.max_prompt_tokens)
-    sampler = Sampler(cfg, generate_fn, template, tok)
+    status, compute = IterationStatus(), compute_dtype(cfg.model.compute_dtype)
+    sampler = Sampler(cfg, status.wrap_generate(generate_fn), template, tok)
     advantages = AdvantageStage(cfg)
     objective = make_objective(a.loss, a.loss_options, a.loss_agg, run_settings(cfg))
     counters = dict.fromkeys((*COUNTERS, "env_steps", "env_failures"), 0)
@@ -114,25 +117,27 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
     def iteration(it: int) -> dict[str, float]:
         """One RL iteration: rollout → rewards → advantages → update."""
         t0 = time.perf_counter()
-        with torch.no_grad():
+        status.start(it)
+        with torch.no_grad(), autocast(device, compute):       # forwards only, no step inside
             m = sampler.refresh_reward_targets(it)
             rollout, sampled = sampler.rollout(it)             # rewards: the sampler's stage
+            t1 = time.perf_counter()
+            rollout.advantages = advantages(rollout, model)
+            t2 = time.perf_counter()
+            if a.ppo_epochs > 1 or a.num_mini_batches > 1:
+                rollout.old_logp = batched_logprobs(model, rollout, temperature=ro.temperature,
+                                                    micro_batch_size=a.micro_batch_size)
+            if ref_model is not None:
+                rollout.ref_logp = batched_logprobs(
+                    ref_model, rollout, temperature=ro.temperature,
+                    micro_batch_size=a.micro_batch_size, context=ref_context)
         m.update(sampled)
-        t1 = time.perf_counter()
-        rollout.advantages = advantages(rollout, model)
-        t2 = time.perf_counter()
-        if a.ppo_epochs > 1 or a.num_mini_batches > 1:
-            rollout.old_logp = batched_logprobs(model, rollout, temperature=ro.temperature,
-                                                micro_batch_size=a.micro_batch_size)
-        if ref_model is not None:
-            rollout.ref_logp = batched_logprobs(ref_model, rollout, temperature=ro.temperature,
-                                                micro_batch_size=a.micro_batch_size,
-                                                context=ref_context)
         upd = update_policy(model, optimizer, rollout, objective, loss_agg=a.loss_agg,
                             kl_coef=a.kl_coef, kl_kind=a.kl_kind, entropy_coef=a.entropy_coef,
                             ppo_epochs=a.ppo_epochs, num_mini_batches=a.num_mini_batches,
                             micro_batch_size=a.micro_batch_size, grad_clip=cfg.optim.grad_clip,
-                            temperature=ro.temperature, generator=generators["shuffling"])
+                            temperature=ro.temperature, generator=generators["shuffling"],
+                            autocast_dtype=compute, on_micro_batch=status.micro_batch)
         t3 = time.perf_counter()
         out = {f"train/{k}": float(v) for k, v in rollout.metrics.items()}
         out.update(m)
@@ -142,7 +147,8 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
                     "timing/update_s": t3 - t2, "timing/iteration_s": t3 - t0})
         return out
 
-    bar = ProgressBar(cfg.iterations, desc="RL", initial=start, enabled=cfg.logging.progress)
+    bar = status.bar = ProgressBar(cfg.iterations, desc="RL", initial=start,
+                                   enabled=cfg.logging.progress)
     last_success, stop = success_before, StopRequest()
     try:
         with stop_on_signal(stop):

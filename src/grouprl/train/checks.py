@@ -19,7 +19,7 @@ batch that cannot fit, naming the ``rollout.*`` keys to change.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,10 @@ from grouprl.envs import LazyFactory, available_envs
 from grouprl.envs.registry import resolve_factory
 from grouprl.losses import SEQUENCE_LOSSES, available_policy_losses
 from grouprl.losses.objective import make_objective, objective_class
+from grouprl.phgpo import ContextConfig, PheromoneConfig
+from grouprl.phgpo import RewardConfig as PhgpoRewards
+from grouprl.phgpo.bfcl import load_bfcl
+from grouprl.phgpo.schedules import CurriculumStage
 from grouprl.policy.builtin import builtin_model_names, check_model_path, is_model_spec
 from grouprl.policy.generate import prompt_token_limit
 from grouprl.rewards.shaping import available_shapers, make_shaper
@@ -41,10 +45,11 @@ from grouprl.train.config import ConfigError, TrainConfig
 from grouprl.train.estimate import run_settings
 from grouprl.train.sampling import oversampling_options, single_turn
 from grouprl.train.setup import resolve_device
-from grouprl.validation import UserError
+from grouprl.train.team_checks import check_multiagent_config
+from grouprl.validation import UserError, check_options
 
-__all__ = ["check_rl_config", "check_model_config", "check_env_data", "check_resources",
-           "RolloutMemory", "available_memory", "estimate_rollout_memory"]
+__all__ = ["check_rl_config", "check_phgpo_config", "check_model_config", "check_env_data",
+           "check_resources", "RolloutMemory", "available_memory", "estimate_rollout_memory"]
 
 _GIB = 1024 ** 3
 
@@ -99,7 +104,10 @@ def check_env_data(cfg: TrainConfig) -> None:
 
 
 def check_rl_config(cfg: TrainConfig) -> PromptTemplate:
-    """Every cross-key check of an RL run; returns the prompt template."""
+    """Every cross-key check of an RL run; returns the prompt template (a multi-agent run:
+    :func:`check_multiagent_config`, which ``grouprl config`` reaches through here)."""
+    if cfg.mode == "multiagent":
+        return check_multiagent_config(cfg)
     a, r, ro = cfg.algorithm, cfg.reward, cfg.rollout
     if a.estimator not in available_estimators():
         raise ConfigError(f"algorithm.estimator: {a.estimator!r} is not accepted; choose one of: "
@@ -139,6 +147,38 @@ def check_rl_config(cfg: TrainConfig) -> PromptTemplate:
     template = _wrap("agent.template", template_from_config, cfg.agent.template)
     check_env_data(cfg)
     return template
+
+
+def _phgpo_options(cls: type, options: dict) -> Any:
+    check_options(cls.__name__, options, [f.name for f in fields(cls)])
+    try:
+        return cls(**options)
+    except TypeError as err:                     # a missing key or a value of the wrong type
+        raise ValueError(str(err)) from None
+
+
+def check_phgpo_config(cfg: TrainConfig) -> None:
+    """``phgpo.*`` cross-key rules: the curriculum entries, the [start, end, epochs] ramps, the
+    pheromone / context / rewards option mappings, a run with epochs, the model path, and the
+    BFCL data when ``phgpo.task=bfcl`` (a missing package names ``pip install``)."""
+    pc = cfg.phgpo
+    for i, entry in enumerate(pc.curriculum):
+        _wrap(f"phgpo.curriculum[{i}]", _phgpo_options, CurriculumStage, entry)
+    for key in ("beta_stage2", "beta_stage3", "fusion_lambda", "sl_weight"):
+        ramp = getattr(pc, key)
+        if len(ramp) != 3 or ramp[2] < 1 or ramp[2] != int(ramp[2]):
+            raise ConfigError(f"phgpo.{key}: expected [start, end, epochs] with epochs an "
+                              f"integer >= 1, got {ramp}")
+    for key, cls in (("pheromone", PheromoneConfig), ("context", ContextConfig),
+                     ("rewards", PhgpoRewards)):
+        _wrap(f"phgpo.{key}", _phgpo_options, cls, getattr(pc, key))
+    if pc.supervised_epochs + sum(int(e["epochs"]) for e in pc.curriculum) \
+            + pc.stage3_epochs == 0:
+        raise ConfigError("phgpo.supervised_epochs: the run has no epoch (also "
+                          "phgpo.curriculum=[] and phgpo.stage3_epochs=0); set one > 0")
+    check_model_config(cfg)
+    if pc.task == "bfcl":
+        _wrap("phgpo.task", load_bfcl, pc.bfcl_category)
 
 
 def _check_estimator(name: str, options: dict, inputs: dict) -> None:

@@ -8,34 +8,19 @@ apply to a CPU-sized run). Loading and overrides: :mod:`grouprl.train.config`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, Strict
+from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-__all__ = ["TinyModelConfig", "LoraConfig", "ModelConfig", "EnvConfig", "AgentConfig",
+from grouprl.train.config_modes import MultiAgentConfig, PhGPOConfig
+from grouprl.train.config_types import SCHEMA, Bool, Float, Int, Str, list_default
+
+__all__ = ["SCHEMA", "Int", "Bool", "Str", "Float", "TinyModelConfig", "LoraConfig", "ModelConfig",
+           "EnvConfig", "AgentConfig",
            "RolloutConfig", "AlgorithmConfig", "RewardConfig", "PreferenceConfig", "OptimConfig",
-           "BCConfig", "EvalConfig", "LoggingConfig", "TrainConfig"]
-
-SCHEMA = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-def _not_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("expected float")
-    return value
-
-
-Int = Annotated[int, Strict()]
-Bool = Annotated[bool, Strict()]
-Str = Annotated[str, Strict()]
-Float = Annotated[float, BeforeValidator(_not_bool)]
-"""A float: ints widen; YAML 1.1's "3e-5" (a string) is parsed; bools and NaN/inf are refused."""
-
-
-def _list(*items: Any) -> Any:
-    return lambda: list(items)
-
+           "BCConfig", "EvalConfig", "LoggingConfig", "MultiAgentConfig",
+           "PhGPOConfig", "TrainConfig"]
 
 @dataclass(config=SCHEMA)
 class TinyModelConfig:
@@ -62,7 +47,7 @@ class LoraConfig:
     rank: Int = Field(8, ge=1, description="LoRA rank r")
     alpha: Float = Field(16.0, gt=0.0, description="LoRA scaling α (update scaled by α/r)")
     dropout: Float = Field(0.0, ge=0.0, le=1.0, description="dropout on the LoRA input")
-    target_modules: list[Str] = Field(default_factory=_list("q_proj", "k_proj", "v_proj",
+    target_modules: list[Str] = Field(default_factory=list_default("q_proj", "k_proj", "v_proj",
                                                             "o_proj"),
                                       description="module names that get adapters")
 
@@ -76,6 +61,11 @@ class ModelConfig:
                              "= build the tiny model (nothing is downloaded at run time)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="parameter dtype")
+    compute_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="autocast dtype of the forward passes of RL rollouts, log-probs, "
+        "updates and evaluation; parameters and optimizer stay in model.dtype; null = "
+        "model.dtype. bfloat16 pays off on GPUs and on CPUs with AMX/AVX512-BF16 "
+        "(benchmarks/real_model.py)")
     device: Str = Field("cpu", description="cpu, cuda, cuda:N or auto (cuda when available)")
     trust_remote_code: Bool = Field(False, description="allow the model directory's own code")
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig,
@@ -139,7 +129,7 @@ class RolloutConfig:
     temperature: Float = Field(1.0, gt=0.0, description="sampling temperature (also divides the "
                                "logits when log-probs are recomputed)")
     top_p: Float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
-    stop: list[Str] = Field(default_factory=_list("</action>"), description="stop strings "
+    stop: list[Str] = Field(default_factory=list_default("</action>"), description="stop strings "
                             "(the reply ends after the first one)")
     generation_batch_size: Int | None = Field(None, ge=1, description="prompts per generate "
                                               "call (null = all at once)")
@@ -234,7 +224,7 @@ class OptimConfig:
 
     lr: Float = Field(3e-4, gt=0.0, description="peak learning rate")
     weight_decay: Float = Field(0.0, ge=0.0, description="AdamW weight decay")
-    betas: list[Float] = Field(default_factory=_list(0.9, 0.999), description="AdamW betas")
+    betas: list[Float] = Field(default_factory=list_default(0.9, 0.999), description="AdamW betas")
     eps: Float = Field(1e-8, gt=0.0, description="AdamW epsilon")
     grad_clip: Float | None = Field(1.0, gt=0.0, description="max gradient norm (null = no "
                                     "clipping)")
@@ -283,8 +273,9 @@ class LoggingConfig:
 class TrainConfig:
     """A whole run."""
 
-    mode: Literal["rl", "preference"] = Field(
-        "rl", description="rl: rollouts + group advantages; preference: offline pairs")
+    mode: Literal["rl", "preference", "multiagent", "phgpo"] = Field(
+        "rl", description="rl: rollouts + group advantages; preference: offline pairs; "
+        "multiagent: a team of agents (multiagent.*); phgpo: tool planning (phgpo.*)")
     seed: Int = Field(0, description="seed of every RNG of the run")
     run_dir: Str = Field("runs/default", description="where config, metrics and checkpoints go")
     iterations: Int = Field(60, ge=0, description="RL iterations")
@@ -306,3 +297,7 @@ class TrainConfig:
     bc: BCConfig = Field(default_factory=BCConfig, description="behaviour cloning")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="logging")
+    multiagent: MultiAgentConfig = Field(default_factory=MultiAgentConfig,
+                                         description="multi-agent team (mode: multiagent)")
+    phgpo: PhGPOConfig = Field(default_factory=PhGPOConfig,
+                               description="PhGPO tool planning (mode: phgpo)")

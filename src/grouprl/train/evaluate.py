@@ -18,6 +18,7 @@ from grouprl.agent.rollout import collect_rollouts
 from grouprl.batch import Rollout
 from grouprl.envs import EnvPool
 from grouprl.policy import Generation, generate
+from grouprl.policy.precision import autocast, compute_dtype
 from grouprl.train.config import TrainConfig
 from grouprl.train.sampling import raw_action, single_turn
 
@@ -111,16 +112,19 @@ def evaluate_run(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any,
     ``rollout.*``): what the RL recipe logs and ``grouprl eval`` prints. Single-turn runs also
     report ``eval/accuracy`` (= the success rate)."""
     ev, ro = cfg.eval, cfg.rollout
-    metrics, _ = evaluate_policy(
-        model, tokenizer, env_name=cfg.env.name, env_kwargs={**cfg.env.kwargs, **ev.env_kwargs},
-        template=template, episodes=ev.episodes, seed_offset=ev.seed_offset,
-        max_steps=cfg.env.max_steps, history_length=cfg.agent.history_length,
-        temperature=ev.temperature, max_new_tokens=ro.max_new_tokens, stop=tuple(ro.stop),
-        seed=cfg.seed, action_tag=cfg.agent.action_tag, allow_plain=cfg.agent.allow_plain,
-        raw_action=raw_action(cfg), use_chat_template=cfg.agent.use_chat_template,
-        backend=cfg.env.backend, step_timeout=cfg.env.step_timeout,
-        num_workers=cfg.env.num_workers, batch_size=ro.generation_batch_size,
-        max_prompt_tokens=ro.max_prompt_tokens)
+    device = next(model.parameters()).device
+    with autocast(device, compute_dtype(cfg.model.compute_dtype)):   # model.compute_dtype
+        metrics, _ = evaluate_policy(
+            model, tokenizer, env_name=cfg.env.name,
+            env_kwargs={**cfg.env.kwargs, **ev.env_kwargs},
+            template=template, episodes=ev.episodes, seed_offset=ev.seed_offset,
+            max_steps=cfg.env.max_steps, history_length=cfg.agent.history_length,
+            temperature=ev.temperature, max_new_tokens=ro.max_new_tokens, stop=tuple(ro.stop),
+            seed=cfg.seed, action_tag=cfg.agent.action_tag, allow_plain=cfg.agent.allow_plain,
+            raw_action=raw_action(cfg), use_chat_template=cfg.agent.use_chat_template,
+            backend=cfg.env.backend, step_timeout=cfg.env.step_timeout,
+            num_workers=cfg.env.num_workers, batch_size=ro.generation_batch_size,
+            max_prompt_tokens=ro.max_prompt_tokens)
     if single_turn(cfg):
         metrics["eval/accuracy"] = metrics["eval/success_rate"]
     return metrics

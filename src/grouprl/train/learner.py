@@ -157,8 +157,8 @@ def mean_token_entropy(model: torch.nn.Module, rows: Rollout, *, temperature: fl
 
 @torch.no_grad()
 def _mini_batch_kl(model: torch.nn.Module, rows: Rollout, micro: list[torch.Tensor],
-                   g_tokens: torch.Tensor, temperature: float, device: torch.device
-                   ) -> torch.Tensor:
+                   g_tokens: torch.Tensor, temperature: float, device: torch.device,
+                   autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``KL_old`` of a whole mini-batch: token mean of ``ℓ^old − ℓ^θ`` (one no-grad forward per
     micro-batch)."""
     total = torch.zeros((), device=device)
@@ -166,7 +166,7 @@ def _mini_batch_kl(model: torch.nn.Module, rows: Rollout, micro: list[torch.Tens
         mb = gather(rows, idx, device)
         logp, _ = response_logprobs(model, mb["prompt_ids"], mb["prompt_mask"],
                                     mb["response_ids"], mb["response_mask"],
-                                    temperature=temperature)
+                                    temperature=temperature, autocast_dtype=autocast_dtype)
         total = total + masked_kl_sum(mb["old_logp"], logp, mb["response_mask"].bool())
     return total / g_tokens.clamp(min=1)
 
@@ -193,7 +193,9 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
                   entropy_coef: float = 0.0, ppo_epochs: int = 1, num_mini_batches: int = 1,
                   micro_batch_size: int = 64, grad_clip: float | None = 1.0,
                   temperature: float = 1.0, generator: torch.Generator | None = None,
-                  log_entropy: bool = True) -> dict[str, float]:
+                  log_entropy: bool = True, autocast_dtype: torch.dtype | None = None,
+                  on_micro_batch: Callable[[int, int], None] | None = None
+                  ) -> dict[str, float]:
     """Run the PPO-style update on ``rows`` and return averaged metrics.
 
     ``objective`` (:func:`grouprl.losses.objective.make_objective`) is the loss term and its
@@ -201,6 +203,14 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
     entropy terms. ``rows.old_logp`` None means on-policy with a single optimizer step
     (``ppo_epochs == 1`` and one mini-batch): the ratio's denominator is then ``ℓ^θ`` itself,
     detached (verl's recomputed ``old_log_prob`` for that case, without the extra forward).
+    ``autocast_dtype`` runs each micro-batch forward under ``torch.autocast``
+    (:mod:`grouprl.policy.precision`; ``model.compute_dtype``). ``on_micro_batch(done, total)``
+    is called before the first micro-batch and after each one (live progress).
+
+    ``actor/sampler_logp_gap`` (first epoch) is the token mean of ``|ℓ^sampler − ℓ^θ|`` before
+    any step of this update: 0 up to rounding when the sampler ran the same weights at the same
+    precision; it grows with a stale or lower-precision rollout engine (verl's
+    ``rollout_probs_diff``).
     """
     n = len(rows)
     for name in objective.row_inputs:
@@ -219,21 +229,27 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
     with_entropy = entropy_coef != 0 or log_entropy
     logged = _Averages()
     skipped = updates = 0
+    gap = [0.0, 0]                  # Σ|ℓ^sampler − ℓ^θ| and tokens, before the first step
     device = _device(model)
     model.train()
-    for _ in range(ppo_epochs):
+    done = 0
+    for epoch in range(ppo_epochs):
         if objective.batching == "groups":
             batches = group_batches(rows.column("group_id"), num_mini_batches, micro_batch_size,
                                     shuffle=num_mini_batches > 1, generator=generator)
         else:
             batches = row_batches(n, num_mini_batches, micro_batch_size, generator=generator)
+        n_micro = ppo_epochs * sum(len(micro) for _, micro in batches)
+        if on_micro_batch is not None and epoch == 0:
+            on_micro_batch(0, n_micro)
         for groups, micro in batches:
             g_tokens, g_seqs = normalizer_counts(rows.response_mask[torch.cat(micro)])
             g_tokens, g_seqs = g_tokens.to(device), g_seqs.to(device)
             optimizer.zero_grad(set_to_none=True)
             kl_mini = None
             if objective.needs_mini_batch_kl and rows.old_logp is not None and len(micro) > 1:
-                kl_mini = _mini_batch_kl(model, rows, micro, g_tokens, temperature, device)
+                kl_mini = _mini_batch_kl(model, rows, micro, g_tokens, temperature, device,
+                                         autocast_dtype)
             finite = True
             sums = dict.fromkeys(("actor/pg_loss", "actor/kl", "actor/entropy",
                                   *objective.summed_metrics), 0.0)
@@ -242,7 +258,12 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
                 mask = mb["response_mask"].bool()
                 logp, entropy = response_logprobs(
                     model, mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"],
-                    mb["response_mask"], temperature=temperature, with_entropy=with_entropy)
+                    mb["response_mask"], temperature=temperature, with_entropy=with_entropy,
+                    autocast_dtype=autocast_dtype)
+                if updates + skipped == 0 and rows.logprobs is not None:
+                    sampled = rows.logprobs[idx][:, :logp.shape[1]].to(device)
+                    gap[0] += float(((sampled - logp.detach()).abs() * mask).sum())
+                    gap[1] += int(mask.sum())
                 pg, m = objective(logp, mb.get("old_logp"), mask, mb, global_tokens=g_tokens,
                                   global_seqs=g_seqs, groups=groups, kl_mini=kl_mini)
                 total = pg
@@ -260,6 +281,9 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
                     finite = False
                     break
                 total.backward()
+                done += 1
+                if on_micro_batch is not None:
+                    on_micro_batch(done, n_micro)
                 sums["actor/pg_loss"] += float(pg.detach())
                 for key, value in m.items():
                     if key in sums:
@@ -286,5 +310,7 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
     out = logged.result()
     out["train/skipped_updates"] = float(skipped)
     out["actor/updates"] = float(updates)
+    if gap[1]:
+        out["actor/sampler_logp_gap"] = gap[0] / gap[1]
     out["actor/lr"] = float(optimizer.param_groups[0]["lr"])
     return out

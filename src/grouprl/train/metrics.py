@@ -282,7 +282,7 @@ class MetricsLogger:
         self.close()
 
 
-def _format_seconds(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
     seconds = int(max(0.0, seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -330,6 +330,7 @@ class ProgressBar:
         if not self.enabled:
             return
         if self._bar is not None:
+            self._bar.set_description_str(self.desc, refresh=False)   # the iteration's status
             self._bar.set_postfix({k: _format_value(v) for k, v in postfix.items()},
                                   refresh=False)
             delta = self.n - self._bar.n
@@ -349,9 +350,9 @@ class ProgressBar:
         done = self.n - self.initial
         rate = done / elapsed if elapsed > 0 else 0.0
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        eta = _format_seconds((self.total - self.n) / rate) if rate > 0 else "?"
+        eta = format_seconds((self.total - self.n) / rate) if rate > 0 else "?"
         text = (f"{self.desc} {self.n}/{self.total}{pct} | {rate:.3g} it/s, "
-                f"elapsed {_format_seconds(elapsed)}, eta {eta}")
+                f"elapsed {format_seconds(elapsed)}, eta {eta}")
         if self.postfix:
             text += " | " + " ".join(f"{k}={_format_value(v)}" for k, v in self.postfix.items())
         return text
@@ -359,6 +360,12 @@ class ProgressBar:
     def _print(self) -> None:
         print(self.line(), file=self._stream, flush=True)
         self._printed = True
+
+    def status(self, text: str) -> None:
+        """Show ``text`` (what the running iteration is doing) in the terminal bar's
+        description; nothing in plain mode (logs and CI stay one line per print)."""
+        if self._bar is not None:
+            self._bar.set_description_str(f"{self.desc} {text}", refresh=True)
 
     def close(self) -> None:
         """Finish the bar (plain mode: print the last state if it was not printed)."""
