@@ -27,9 +27,20 @@ Configuration, chosen so that one TRL optimizer step is exactly one grouprl iter
   EOS;
 * optimizer: TrainingArguments' AdamW (betas 0.9/0.999, eps 1e-8, weight decay 0), constant
   learning rate (``lr_scheduler_type="constant"``, no warm-up), ``max_grad_norm=1.0``;
-* CPU, float32 (``use_cpu=True``, ``bf16=False``), ``gradient_checkpointing=False`` (GRPOConfig
-  turns it on by default; grouprl does not checkpoint activations), no saving, no reporting,
-  ``dataloader_num_workers=0``.
+* CPU (``use_cpu=True``), parameters and optimizer in float32; ``compute_dtype="float32"``:
+  ``bf16=False``; ``compute_dtype="bfloat16"``: ``bf16=True``, which in transformers 5.24 /
+  accelerate 1.15 is allowed with ``use_cpu`` (the bf16 device check is skipped on CPU) and makes
+  the ``Accelerator`` wrap ``model.forward`` in ``torch.autocast("cpu", torch.bfloat16)`` (logits
+  cast back to float32); TRL generates through the unwrapped model with that wrapper kept
+  (``keep_fp32_wrapper=True``), so generation, log-probs and the update all run under bf16
+  autocast — grouprl's ``model.compute_dtype=bfloat16`` (autocast of rollouts, log-probs and
+  updates, parameters in ``model.dtype``);
+* ``gradient_checkpointing=False`` (GRPOConfig turns it on by default; grouprl does not
+  checkpoint activations), no saving, no reporting, ``dataloader_num_workers=0``.
+
+Prompts are plain strings that already carry any chat template (TRL does not template them
+again); TRL tokenizes a string prompt with the tokenizer's special tokens added, grouprl without:
+:func:`check_prompt_tokens` refuses a tokenizer for which the two differ (e.g. one that adds BOS).
 
 The time of a step is measured by a ``TrainerCallback`` from ``on_step_begin`` to
 ``on_step_end``: generation, reward, advantages, forward/backward of every micro-batch, gradient
@@ -54,9 +65,11 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
-__all__ = ["ANSWER_RE", "parse_answer", "is_correct", "trl_available", "run_trl", "trl_config"]
+__all__ = ["ANSWER_RE", "COMPUTE_DTYPES", "parse_answer", "is_correct", "trl_available",
+           "run_trl", "trl_config", "check_prompt_tokens"]
 
 ANSWER_RE = re.compile(r"<answer>\s*(-?\d+)\s*</answer>")
+COMPUTE_DTYPES = ("float32", "bfloat16")  # autocast dtype of the forward passes (both sides)
 
 
 def parse_answer(text: str) -> int | None:
@@ -70,6 +83,18 @@ def is_correct(text: str, gold: int | str) -> bool:
     return got is not None and got == int(gold)
 
 
+def check_prompt_tokens(tokenizer: Any, prompts: Sequence[str]) -> None:
+    """Raise unless TRL's tokenization of the string prompts (``tokenizer(text=prompts)``,
+    special tokens added) equals grouprl's (``add_special_tokens=False``)."""
+    trl_ids = tokenizer(text=list(prompts))["input_ids"]
+    grouprl_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    for i, (a, b) in enumerate(zip(trl_ids, grouprl_ids)):
+        if list(a) != list(b):
+            raise ValueError(f"prompt {i}: TRL tokenizes it to {len(a)} tokens with special "
+                             f"tokens added, grouprl to {len(b)} without; the two sides would "
+                             "not see the same prompt tokens")
+
+
 def trl_available() -> bool:
     try:
         import trl  # noqa: F401
@@ -81,9 +106,12 @@ def trl_available() -> bool:
 def trl_config(output_dir: str, *, num_generations: int, prompts_per_step: int,
                max_completion_length: int, lr: float, steps: int, micro_batch: int | None = None,
                seed: int = 0, temperature: float = 1.0, grad_clip: float = 1.0,
-               shuffle: bool = True) -> Any:
+               shuffle: bool = True, compute_dtype: str = "float32") -> Any:
     """The ``trl.GRPOConfig`` described in the module docstring."""
     from trl import GRPOConfig
+
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype: expected one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
 
     rows = prompts_per_step * num_generations
     micro = rows if micro_batch is None else min(micro_batch, rows)
@@ -125,7 +153,7 @@ def trl_config(output_dir: str, *, num_generations: int, prompts_per_step: int,
         max_grad_norm=grad_clip,
         # machine and bookkeeping
         use_cpu=True,
-        bf16=False,
+        bf16=compute_dtype == "bfloat16",
         fp16=False,
         dataloader_num_workers=0,
         save_strategy="no",
@@ -146,8 +174,8 @@ def run_trl(model_dir: str, prompts: Sequence[str], answers: Sequence[int], *,
             lr: float, steps: int, warmup: int = 1, micro_batch: int | None = None,
             seed: int = 0, threads: int = 2, temperature: float = 1.0,
             grad_clip: float = 1.0, shuffle: bool = True,
-            verify: Callable[[list[str], list[int]], list[bool]] | None = None
-            ) -> dict[str, Any]:
+            verify: Callable[[list[str], list[int]], list[bool]] | None = None,
+            compute_dtype: str = "float32", tokenizer: Any = None) -> dict[str, Any]:
     """Train the model saved in ``model_dir`` with ``trl.GRPOTrainer`` for ``steps`` steps.
 
     Returns per-step lists ``step_s`` (seconds), ``tokens`` (generated completion tokens),
@@ -162,6 +190,9 @@ def run_trl(model_dir: str, prompts: Sequence[str], answers: Sequence[int], *,
 
     ``verify(completions, golds) -> [correct]`` scores a batch (default: :func:`is_correct`,
     the integer in the first ``<answer>…</answer>``); the reward is 1.0 when correct, else 0.0.
+    ``compute_dtype``: the autocast dtype (module docstring). ``tokenizer``: TRL's processing
+    class (default ``AutoTokenizer.from_pretrained(model_dir)``); the prompts must tokenize the
+    same with and without special tokens (:func:`check_prompt_tokens`).
     """
     import torch
     from datasets import Dataset
@@ -210,12 +241,13 @@ def run_trl(model_dir: str, prompts: Sequence[str], answers: Sequence[int], *,
 
     dataset = Dataset.from_dict({"prompt": list(prompts), "answer": [int(a) for a in answers]})
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model_dir)
+    check_prompt_tokens(tok, prompts)
     with tempfile.TemporaryDirectory() as out:
         args = trl_config(out, num_generations=num_generations, prompts_per_step=prompts_per_step,
                           max_completion_length=max_completion_length, lr=lr, steps=steps,
                           micro_batch=micro_batch, seed=seed, temperature=temperature,
-                          grad_clip=grad_clip, shuffle=shuffle)
+                          grad_clip=grad_clip, shuffle=shuffle, compute_dtype=compute_dtype)
         trainer = GRPOTrainer(model=model, reward_funcs=[correctness], args=args,
                               train_dataset=dataset, processing_class=tok,
                               callbacks=[StepTimer()])

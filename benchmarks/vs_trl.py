@@ -24,6 +24,19 @@ Measured in one process, one side after the other, for each batch shape ``B×G×
 each the median over the steps after ``--warmup``. A learning-curve run (``--curve-steps``)
 compares the per-step mean reward (rate of correct answers in the step's B·G completions).
 
+With ``--model PATH`` (``builtin:smollm2-135m-instruct``, a local Hugging Face directory or a
+``.gguf`` file, resolved by ``grouprl.policy.resolve_model_path``) the race runs on that model
+instead, with no warm start: both sides load the resolved directory, and the prompts are those
+of grouprl's real-model reasoning recipe (:data:`REAL_MODEL_RECIPE`: its ``env`` — built-in
+arithmetic, free-form answers, " Reply with just the number." —, its ``agent`` with the model's
+chat template, ``rollout.stop``), chat-templated once by grouprl's prompt renderer and handed to
+TRL as plain strings (TRL does not template them again). Same loss settings as above;
+``--compute-dtype`` picks float32 or bfloat16 autocast on both sides (``model.compute_dtype``;
+TRL ``bf16=True``). The table adds each side's mean reward and goes to its own section
+(:func:`model_section`)::
+
+    python benchmarks/vs_trl.py --model builtin:smollm2-135m-instruct --write
+
 TRL's exact configuration and why it equals grouprl's loss: ``benchmarks/trl_side.py``.
 grouprl's configuration: :data:`GROUPRL_RECIPE` and :func:`grouprl_overrides` below (one place
 to adjust when the reasoning-mode keys change). Writes its section of docs/benchmarks.md only
@@ -33,8 +46,10 @@ with ``--write``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -50,10 +65,18 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+from grouprl.policy import resolve_model_path  # noqa: E402
+from grouprl.policy.load import load_tokenizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_section  # noqa: E402
-from trl_side import is_correct, run_trl, trl_available  # noqa: E402
+from trl_side import COMPUTE_DTYPES, is_correct, run_trl, trl_available  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_MODEL_RECIPE = ROOT / "configs" / "reasoning_smollm2_grpo.yaml"
 
 # --------------------------------------------------------------------------- the grouprl side
 # The reasoning-mode recipe of grouprl (a YAML recipe, so env.kwargs replaces the default env's
@@ -77,13 +100,47 @@ GROUPRL_RECIPE: dict[str, Any] = {
 
 def grouprl_overrides(*, run_dir: Path, model_dir: Path, prompts_per_step: int,
                       num_generations: int, max_new_tokens: int, micro_batch: int, lr: float,
-                      steps: int, threads: int, seed: int, difficulty: Sequence[int]) -> list[str]:
+                      steps: int, threads: int, seed: int, difficulty: Sequence[int],
+                      compute_dtype: str | None = None) -> list[str]:
+    """Command-line overrides of the race recipe (``compute_dtype`` None: the recipe's)."""
+    dtype = [] if compute_dtype is None else [f"model.compute_dtype={compute_dtype}"]
     return [f"run_dir={run_dir}", f"model.path={model_dir}",
             f"env.kwargs.difficulty={json.dumps(list(difficulty))}",
             f"rollout.groups_per_batch={prompts_per_step}", f"rollout.group_size={num_generations}",
             f"rollout.max_new_tokens={max_new_tokens}",
             f"algorithm.micro_batch_size={micro_batch}", f"optim.lr={lr}",
-            f"iterations={steps}", f"threads={threads}", f"seed={seed}"]
+            f"iterations={steps}", f"threads={threads}", f"seed={seed}", *dtype]
+
+
+def real_model_recipe(recipe_file: Path = REAL_MODEL_RECIPE) -> dict[str, Any]:
+    """:data:`GROUPRL_RECIPE` with the ``env``, the ``agent`` (chat template on) and
+    ``rollout.stop`` of the real-model reasoning recipe; the loss settings stay the race's."""
+    real = yaml.safe_load(Path(recipe_file).read_text())
+    recipe = copy.deepcopy(GROUPRL_RECIPE)
+    recipe["env"] = copy.deepcopy(real["env"])
+    recipe["agent"] = {**recipe["agent"], **real.get("agent", {}), "use_chat_template": True}
+    recipe["rollout"]["stop"] = list(real.get("rollout", {}).get("stop", []))
+    return recipe
+
+
+def recipe_learning_rate(recipe_file: Path = REAL_MODEL_RECIPE) -> float:
+    """``optim.lr`` of the real-model recipe (the race's default lr with ``--model``)."""
+    return float(yaml.safe_load(Path(recipe_file).read_text())["optim"]["lr"])
+
+
+def model_tokenizer(model_dir: Path) -> Any:
+    """The tokenizer exactly as grouprl's ``load_policy`` loads it from ``model_dir`` (the TRL
+    side uses the same object, so both sides tokenize identically)."""
+    return load_tokenizer(Path(model_dir))
+
+
+def model_section(spec: str) -> str:
+    """docs/benchmarks.md section of a ``--model`` race: ``vs_trl_smollm2`` for the built-in
+    SmolLM2, else ``vs_trl_`` + the model's name (never the tiny race's ``vs_trl``)."""
+    name = spec.split(":", 1)[1] if spec.startswith("builtin:") else Path(spec).stem
+    if name.startswith("smollm2-135m"):
+        name = "smollm2"
+    return "vs_trl_" + (re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "model")
 
 
 # --------------------------------------------------------------------------- tasks and prompts
@@ -130,14 +187,17 @@ def _examples(difficulty: Sequence[int], size: int, seed: int, split: str = "tra
             f"grouprl.data.arithmetic, difficulty {list(difficulty)}, {split} split")
 
 
-def _env_kwargs(difficulty: Sequence[int]) -> dict[str, Any]:
-    return {**GROUPRL_RECIPE["env"]["kwargs"], "difficulty": list(difficulty)}
+def _env_kwargs(difficulty: Sequence[int], recipe: dict[str, Any] = GROUPRL_RECIPE
+                ) -> dict[str, Any]:
+    return {**recipe["env"]["kwargs"], "difficulty": list(difficulty)}
 
 
-def _env_tasks(size: int, difficulty: Sequence[int]) -> tuple[list[Task], int] | None:
+def _env_tasks(size: int, difficulty: Sequence[int], recipe: dict[str, Any] = GROUPRL_RECIPE,
+               tokenizer: Any = None) -> tuple[list[Task], int] | None:
     """Tasks rendered exactly as grouprl's reasoning rollouts render them (seeds 0..n-1, n =
     ``size`` or the env's data set size when smaller: each item once), or None while the
-    reasoning env / template is not available; also the env's data set size."""
+    reasoning env / template is not available; also the env's data set size. With a
+    ``tokenizer`` and the recipe's ``agent.use_chat_template``, prompts are chat-templated."""
     try:
         from grouprl.agent.memory import HistoryMemory
         from grouprl.agent.prompts import template_from_config
@@ -145,10 +205,10 @@ def _env_tasks(size: int, difficulty: Sequence[int]) -> tuple[list[Task], int] |
         from grouprl.envs import available_envs, make_env
         from trl_side import parse_answer
 
-        if GROUPRL_RECIPE["env"]["name"] not in available_envs():
+        if recipe["env"]["name"] not in available_envs():
             return None
-        template = template_from_config(GROUPRL_RECIPE["agent"]["template"])
-        env = make_env(GROUPRL_RECIPE["env"]["name"], **_env_kwargs(difficulty))
+        template = template_from_config(recipe["agent"]["template"])
+        env = make_env(recipe["env"]["name"], **_env_kwargs(difficulty, recipe))
     except Exception:  # noqa: BLE001 - any failure means "not available yet"
         return None
     tasks = []
@@ -159,7 +219,8 @@ def _env_tasks(size: int, difficulty: Sequence[int]) -> tuple[list[Task], int] |
             obs, info = env.reset(seed)
             prompt = render_prompt(template, HistoryMemory(1, 0), 0, task=info.get("task", ""),
                                    observation=obs, admissible=info.get("admissible_actions"),
-                                   tokenizer=None, use_chat_template=False)
+                                   tokenizer=tokenizer,
+                                   use_chat_template=bool(recipe["agent"]["use_chat_template"]))
             plan = None
             for name in ("expert_actions", "gold_actions"):
                 if callable(getattr(env, name, None)):
@@ -184,19 +245,25 @@ class TaskSet:
     env_size: int = 0   # size of grouprl's env data set when the tasks are its items in order
 
 
-def load_tasks(size: int, difficulty: Sequence[int], seed: int = 0) -> TaskSet:
-    """The training tasks both sides draw from, and where their prompts come from."""
-    got = _env_tasks(size, difficulty)
+def load_tasks(size: int, difficulty: Sequence[int], seed: int = 0,
+               recipe: dict[str, Any] = GROUPRL_RECIPE, tokenizer: Any = None) -> TaskSet:
+    """The training tasks both sides draw from, and where their prompts come from (with a
+    ``tokenizer``: the env's prompts, chat-templated, or an error; no stand-in)."""
+    got = _env_tasks(size, difficulty, recipe, tokenizer)
     if got:
-        return TaskSet(got[0], f"grouprl's `{GROUPRL_RECIPE['env']['name']}` env and "
-                               f"`{GROUPRL_RECIPE['agent']['template']}` template", got[1])
+        chat = " with the model's chat template" if tokenizer is not None and \
+            recipe["agent"]["use_chat_template"] else ""
+        return TaskSet(got[0], f"grouprl's `{recipe['env']['name']}` env and "
+                               f"`{recipe['agent']['template']}` template{chat}", got[1])
+    if tokenizer is not None:
+        raise RuntimeError("--model: grouprl's reasoning env could not render the prompts")
     examples, source = _examples(difficulty, size, seed)
     return TaskSet([Task(STANDIN_PROMPT.format(question=q), a, s) for q, a, s in examples],
                    f"{source}, stand-in prompt format")
 
 
-def trl_prompt_order(taskset: TaskSet, prompts_per_step: int, steps: int, seed: int
-                     ) -> tuple[list[Task], bool]:
+def trl_prompt_order(taskset: TaskSet, prompts_per_step: int, steps: int, seed: int,
+                     recipe: dict[str, Any] = GROUPRL_RECIPE) -> tuple[list[Task], bool]:
     """TRL's data set and whether TRL should shuffle it.
 
     When the tasks are exactly the items of grouprl's env (task ``i`` = what ``reset(i)``
@@ -210,7 +277,7 @@ def trl_prompt_order(taskset: TaskSet, prompts_per_step: int, steps: int, seed: 
         try:
             from grouprl.train import load_config, task_seeds
 
-            offset = GROUPRL_RECIPE.get("eval", {}).get("seed_offset",
+            offset = recipe.get("eval", {}).get("seed_offset",
                                                         load_config().eval.seed_offset)
             order = [tasks[s % len(tasks)] for it in range(steps)
                      for s in task_seeds(seed, it, prompts_per_step, offset)]
@@ -220,10 +287,11 @@ def trl_prompt_order(taskset: TaskSet, prompts_per_step: int, steps: int, seed: 
     return tasks, True
 
 
-def make_verifier(difficulty: Sequence[int]) -> tuple[Any, str]:
+def make_verifier(difficulty: Sequence[int], recipe: dict[str, Any] = GROUPRL_RECIPE
+                  ) -> tuple[Any, str]:
     """``verify(texts, golds) -> [bool]`` for the TRL reward: the verifier grouprl's reasoning
     env scores with (same mode and backend), or the ``<answer>`` integer match without it."""
-    kw = _env_kwargs(difficulty)
+    kw = _env_kwargs(difficulty, recipe)
     try:
         from grouprl.rewards.verifier import Verifier
 
@@ -260,7 +328,6 @@ def build_warm_start(out_dir: Path, tasks: Sequence[Task], *, bc_updates: int, s
     grouprl (``load_policy``) and through ``AutoTokenizer`` (what the TRL side uses, which
     tokenizes plain-text prompts with ``add_special_tokens=True``).
     """
-    from transformers import AutoTokenizer
 
     from grouprl.policy import build_tiny_policy, generate, load_policy
     from grouprl.train.bc import ExpertSample, clone_behaviour
@@ -341,23 +408,27 @@ def _summary(step_s: list[float], tokens: list[float], warmup: int) -> dict[str,
             "tokens_per_step": statistics.median(tokens[i] for i in timed)}
 
 
+def grouprl_config(recipe: dict[str, Any], recipe_file: Path, overrides: Sequence[str]) -> Any:
+    """grouprl's ``TrainConfig``: ``recipe`` written to ``recipe_file``, then ``overrides``."""
+    from grouprl.train import load_config
+
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    return load_config(recipe_file, list(overrides))
+
+
 def run_grouprl(model_dir: Path, shape: Shape, *, steps: int, warmup: int, lr: float,
                 micro_batch: int, threads: int, seed: int, difficulty: Sequence[int],
-                work_dir: Path) -> dict[str, Any]:
-    import yaml
-
+                work_dir: Path, recipe: dict[str, Any] = GROUPRL_RECIPE,
+                compute_dtype: str | None = None) -> dict[str, Any]:
     from grouprl.recipes import train
-    from grouprl.train import load_config
     from grouprl.train.metrics import read_metrics
 
     run_dir = Path(tempfile.mkdtemp(prefix="grouprl_", dir=work_dir))
-    recipe = run_dir.with_suffix(".yaml")
-    recipe.write_text(yaml.safe_dump(GROUPRL_RECIPE))
-    cfg = load_config(recipe, grouprl_overrides(
+    cfg = grouprl_config(recipe, run_dir.with_suffix(".yaml"), grouprl_overrides(
         run_dir=run_dir / "run", model_dir=model_dir, prompts_per_step=shape.prompts_per_step,
         num_generations=shape.num_generations, max_new_tokens=shape.max_new_tokens,
         micro_batch=micro_batch, lr=lr, steps=steps, threads=threads, seed=seed,
-        difficulty=difficulty))
+        difficulty=difficulty, compute_dtype=compute_dtype))
     train(cfg, echo=lambda s: None)
     its = [r for r in read_metrics(run_dir / "run") if "timing/iteration_s" in r]
     if len(its) != steps:
@@ -373,26 +444,32 @@ def run_grouprl(model_dir: Path, shape: Shape, *, steps: int, warmup: int, lr: f
 
 def race_one(side: str, model_dir: Path, tasks: TaskSet, shape: Shape, *, steps: int,
              warmup: int, lr: float, micro_batch: int | None, threads: int, seed: int,
-             difficulty: Sequence[int], work_dir: Path, verify: Any = None) -> dict[str, Any]:
-    """One side at one shape; failures are returned as ``{"error": ...}``, not raised."""
+             difficulty: Sequence[int], work_dir: Path, verify: Any = None,
+             recipe: dict[str, Any] = GROUPRL_RECIPE, compute_dtype: str | None = None,
+             tokenizer: Any = None) -> dict[str, Any]:
+    """One side at one shape; failures are returned as ``{"error": ...}``, not raised.
+    ``compute_dtype`` None: float32 on TRL, the recipe's on grouprl (the tiny race)."""
     micro = micro_batch or shape.prompts_per_step * shape.num_generations
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     try:
         if side == "trl":
-            order, shuffle = trl_prompt_order(tasks, shape.prompts_per_step, steps, seed)
+            order, shuffle = trl_prompt_order(tasks, shape.prompts_per_step, steps, seed,
+                                              recipe)
             out = run_trl(str(model_dir), [t.prompt for t in order], [t.answer for t in order],
                           shuffle=shuffle,
                           num_generations=shape.num_generations,
                           prompts_per_step=shape.prompts_per_step,
                           max_completion_length=shape.max_new_tokens, lr=lr, steps=steps,
                           warmup=warmup, micro_batch=micro, seed=seed, threads=threads,
-                          verify=verify)
+                          verify=verify, compute_dtype=compute_dtype or "float32",
+                          tokenizer=tokenizer)
             out.pop("log_history", None)
         else:
             out = run_grouprl(model_dir, shape, steps=steps, warmup=warmup, lr=lr,
                               micro_batch=micro, threads=threads, seed=seed,
-                              difficulty=difficulty, work_dir=work_dir)
+                              difficulty=difficulty, work_dir=work_dir, recipe=recipe,
+                              compute_dtype=compute_dtype)
     except Exception as err:  # noqa: BLE001 - reported in the table
         tb = traceback.format_exc(limit=6)
         print(f"[{side} {shape.label}] failed: {type(err).__name__}: {err}\n{tb}",
@@ -476,6 +553,88 @@ def curve_table(trl: dict, grp: dict, rows_per_step: int, window: int = 5) -> li
     return lines
 
 
+def model_race_table(shapes: Sequence[Shape], results: dict[tuple[str, Shape], dict]
+                     ) -> list[str]:
+    """The ``--model`` race: s/step, generated tokens/s, grouprl/TRL ratios, mean reward (over
+    all steps of the run, warm-up included) and generated tokens per step of both sides."""
+    lines = ["| shape (B prompts × G completions, T max new tokens) | TRL s/step | grouprl "
+             "s/step | step speedup (TRL s / grouprl s) | TRL gen tok/s | grouprl gen tok/s | "
+             "tok/s ratio (grouprl / TRL) | TRL mean reward | grouprl mean reward | "
+             "tokens/step (TRL / grouprl) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for shape in shapes:
+        t, g = results.get(("trl", shape), {}), results.get(("grouprl", shape), {})
+        ts, gs, tt, gt = t.get("median_s"), g.get("median_s"), t.get("tok_s"), g.get("tok_s")
+        tr = statistics.mean(t["reward"]) if t.get("reward") else None
+        gr = statistics.mean(g["reward"]) if g.get("reward") else None
+        lines.append(
+            f"| {shape.label} | {_fmt(ts, '.2f')} | {_fmt(gs, '.2f')} | "
+            f"{_fmt(ts / gs if ts and gs else None, '.2f')}{'×' if ts and gs else ''} | "
+            f"{_fmt(tt, ',.1f')} | {_fmt(gt, ',.1f')} | "
+            f"{_fmt(gt / tt if tt and gt else None, '.2f')}{'×' if tt and gt else ''} | "
+            f"{_fmt(tr, '.3f')} | {_fmt(gr, '.3f')} | "
+            f"{_fmt(t.get('tokens_per_step'), '.0f')} / {_fmt(g.get('tokens_per_step'), '.0f')} |")
+    errors = [f"- {side} at {shape.label}: `{r['error']}`" for (side, shape), r in results.items()
+              if "error" in r]
+    return lines + ([""] + ["Failed runs:"] + errors if errors else [])
+
+
+def run_model_race(args: argparse.Namespace, shapes: Sequence[Shape], steps: int, warmup: int,
+                   sides: Sequence[str], work: Path) -> dict[str, Any]:
+    """The ``--model`` race (module docstring): no warm start, the recipe's chat-templated
+    prompts, ``args.compute_dtype`` on both sides; returns the results and the report text."""
+    model_dir = resolve_model_path(args.model)
+    recipe = real_model_recipe()
+    tok = model_tokenizer(model_dir)
+    difficulty = args.difficulty or recipe["env"]["kwargs"].get("difficulty", [1])
+    lr = args.lr if args.lr is not None else recipe_learning_rate()
+    dtype = args.compute_dtype or "float32"
+    taskset = load_tasks(args.tasks, difficulty, args.seed, recipe=recipe, tokenizer=tok)
+    verify, verifier = make_verifier(difficulty, recipe)
+    prompt_tokens = statistics.mean(len(i) for i in _token_ids(tok, [t.prompt for t in
+                                                                       taskset.tasks[:256]]))
+    print(f"model: {args.model} -> {model_dir}; tasks: {len(taskset.tasks)} from "
+          f"{taskset.source}; TRL reward: {verifier}; compute dtype {dtype}", flush=True)
+    results: dict[tuple[str, Shape], dict] = {}
+    for shape in shapes:
+        for side in sides:
+            results[(side, shape)] = race_one(
+                side, model_dir, taskset, shape, steps=steps, warmup=warmup, lr=lr,
+                micro_batch=args.micro_batch, threads=args.threads, seed=args.seed,
+                difficulty=difficulty, work_dir=work, verify=verify, recipe=recipe,
+                compute_dtype=dtype, tokenizer=tok)
+    aligned = [r.get("same_prompts_as_grouprl") for (side, _), r in results.items()
+               if side == "trl" and "error" not in r]
+    prompt_note = ("the same prompts at every step" if aligned and all(aligned)
+                   else "prompts drawn independently by each trainer")
+    micro_note = ("one forward/backward over all B·G rows" if args.micro_batch is None
+                  else f"micro-batches of {args.micro_batch} rows")
+    env_kw = recipe["env"]["kwargs"]
+    lines = [
+        f"## Speed race vs TRL GRPOTrainer on `{args.model}` (`benchmarks/vs_trl.py --model`)",
+        "",
+        f"Both sides load the same model directory (no warm start, full fine-tuning, "
+        f"parameters in float32, {dtype} compute{' (autocast)' if dtype != 'float32' else ''}), "
+        f"same tasks ({len(taskset.tasks)} from {taskset.source}; {env_kw.get('dataset')}, "
+        f"difficulty {list(difficulty)}, prompt suffix {env_kw.get('prompt_suffix', '')!r}; "
+        f"prompts {prompt_tokens:.0f} tokens on average, chat-templated once and given to TRL "
+        f"as plain strings; {prompt_note}), same reward ({verifier}), temperature 1, stop at "
+        f"EOS, GRPO advantages, token-mean loss over the B·G completions (TRL "
+        f"`loss_type=\"dapo\"`), no KL (`beta=0`), one epoch and one mini-batch, AdamW lr "
+        f"{lr:g}, grad clip 1.0, {micro_note}. CPU, {args.threads} threads, "
+        f"{time.strftime('%Y-%m-%d')}. Median of steps {min(warmup, steps - 1) + 1}–{steps} of "
+        f"{steps}; mean reward over all {steps} steps.",
+        "",
+        *model_race_table(shapes, results),
+        "",
+        "Where a step's time goes (means over the timed steps):",
+        "",
+        *breakdown_table(shapes, results),
+    ]
+    return {"model_dir": str(model_dir), "source": taskset.source, "compute_dtype": dtype,
+            "lr": lr, "results": results, "table": "\n".join(lines)}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, few steps")
@@ -491,11 +650,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="shape of the learning-curve run (default 8x8x64: room for the "
                         "longest expert solution; quick or --shapes: the first shape)")
     parser.add_argument("--sides", default="trl,grouprl", help="comma list: trl, grouprl")
-    parser.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate of both "
-                        "sides (default 2e-4; 5e-4 and up collapse the tiny policy on both)")
+    parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate of both "
+                        "sides (default 2e-4; 5e-4 and up collapse the tiny policy on both; "
+                        "--model: the real-model recipe's optim.lr)")
     parser.add_argument("--micro-batch", type=int, default=None,
                         help="rows per forward/backward on both sides (default B·G)")
-    parser.add_argument("--difficulty", type=int, nargs="+", default=[1])
+    parser.add_argument("--difficulty", type=int, nargs="+", default=None,
+                        help="arithmetic difficulties (default 1; --model: the recipe's)")
+    parser.add_argument("--model", default=None, help="race on this model instead of the tiny "
+                        "warm start: builtin:smollm2-135m-instruct, a local HF directory or a "
+                        ".gguf file (default shapes 4x8x24 8x8x24, 4 steps, warm-up 1)")
+    parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default=None,
+                        help="autocast dtype of both sides (default float32)")
+    parser.add_argument("--section", default=None, help="docs/benchmarks.md section name "
+                        "(default vs_trl; --model: vs_trl_smollm2 or vs_trl_<model name>)")
     parser.add_argument("--bc-updates", type=int, default=None,
                         help="behaviour-cloning updates of the warm start (default 150; quick 40)")
     parser.add_argument("--tasks", type=int, default=2000, help="training tasks (capped by the "
@@ -510,10 +678,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     q = args.quick
-    shapes = args.shapes or ([Shape(2, 4, 32), Shape(4, 4, 48)] if q
-                             else [Shape(4, 8, 32), Shape(8, 8, 64)])
-    steps = args.steps or (3 if q else 8)
-    warmup = args.warmup if args.warmup is not None else (1 if q else 2)
+    if args.model:
+        shapes = args.shapes or ([Shape(2, 4, 16)] if q else [Shape(4, 8, 24), Shape(8, 8, 24)])
+        steps = args.steps or (2 if q else 4)
+        warmup = args.warmup if args.warmup is not None else 1
+    else:
+        shapes = args.shapes or ([Shape(2, 4, 32), Shape(4, 4, 48)] if q
+                                 else [Shape(4, 8, 32), Shape(8, 8, 64)])
+        steps = args.steps or (3 if q else 8)
+        warmup = args.warmup if args.warmup is not None else (1 if q else 2)
+    args.difficulty = args.difficulty if args.difficulty or args.model else [1]
+    args.lr = args.lr if args.lr is not None or args.model else 2e-4
     curve_steps = args.curve_steps if args.curve_steps is not None else (6 if q else 40)
     curve_shape = args.curve_shape or (shapes[0] if q or args.shapes else Shape(8, 8, 64))
     bc_updates = args.bc_updates or (40 if q else 150)
@@ -526,6 +701,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               file=sys.stderr)
         sides = [s for s in sides if s != "trl"]
     torch.set_num_threads(args.threads)
+    if args.model:
+        return _main_model(args, shapes, steps, warmup, sides)
 
     tmp = None
     if args.work_dir:
@@ -557,7 +734,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         kw = dict(warmup=warmup, lr=args.lr, micro_batch=args.micro_batch,
                   threads=args.threads, seed=args.seed, difficulty=args.difficulty,
-                  work_dir=work, verify=verify)
+                  work_dir=work, verify=verify, compute_dtype=args.compute_dtype)
         results: dict[tuple[str, Shape], dict] = {}
         for shape in shapes:
             for side in sides:
@@ -590,7 +767,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"({verifier}), "
         f"temperature 1, stop at EOS, GRPO advantages, token-mean loss over the B·G completions, "
         f"no KL, AdamW lr {args.lr:g}, grad clip 1.0, {micro_note}. CPU, "
-        f"{args.threads} threads, float32, {time.strftime('%Y-%m-%d')}. Median of steps "
+        f"{args.threads} threads, {args.compute_dtype or 'float32'}, "
+        f"{time.strftime('%Y-%m-%d')}. Median of steps "
         f"{warmup + 1}–{steps} of {steps}.",
         "",
         *race_table(shapes, results),
@@ -619,11 +797,34 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     text = "\n".join(lines)
     print("\n" + text)
     if args.write:
-        write_section("vs_trl", text, args.output or
-                      Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
+        write_section(args.section or "vs_trl", text,
+                      args.output or ROOT / "docs" / "benchmarks.md")
     out = {"source": source, "warm_start": warm,
            "race": {f"{side} {shape.label}": r for (side, shape), r in results.items()},
            "curve": curve, "table": text}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+    return out
+
+
+def _main_model(args: argparse.Namespace, shapes: Sequence[Shape], steps: int, warmup: int,
+                sides: Sequence[str]) -> dict[str, Any]:
+    """``main`` with ``--model``: the race, its report section and JSON."""
+    if args.curve_steps:
+        print("--model: no learning-curve run (the race table has both sides' mean reward)",
+              file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="vs_trl_") as tmp:
+        work = Path(args.work_dir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        got = run_model_race(args, shapes, steps, warmup, sides, work)
+    print("\n" + got["table"])
+    if args.write:
+        write_section(args.section or model_section(args.model), got["table"],
+                      args.output or ROOT / "docs" / "benchmarks.md")
+    out = {"model": args.model, "model_dir": got["model_dir"], "source": got["source"],
+           "compute_dtype": got["compute_dtype"], "lr": got["lr"],
+           "race": {f"{side} {shape.label}": r for (side, shape), r in got["results"].items()},
+           "table": got["table"]}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=str))
     return out

@@ -42,7 +42,8 @@ from .builtin import resolve_model_path
 from .model_dir import ModelPathError, check_model_dir
 
 __all__ = ["DTYPES", "LoraOptions", "ModelPathError", "apply_lora", "check_model_dir",
-           "disable_adapter", "frozen_copy", "is_lora_model", "load_policy", "prepare_tokenizer",
+           "disable_adapter", "frozen_copy", "is_lora_model", "load_policy", "load_tokenizer",
+           "prepare_tokenizer",
            "resolve_dtype"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
@@ -166,6 +167,13 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
 
 
 _GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of a local model directory (or ``builtin:`` / ``.gguf`` path) exactly as
+    :func:`load_policy` loads and prepares it (pad token set), without loading the model."""
+    common = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+    return prepare_tokenizer(_load_tokenizer(resolve_model_path(path), AutoTokenizer, common))
 
 
 def _load_tokenizer(directory: Path, auto: Any, common: dict) -> Any:
