@@ -3,6 +3,7 @@ the pheromone at evaluation?
 
     python benchmarks/phgpo.py                              # full study: BFCL base, 3 seeds
     python benchmarks/phgpo.py --task synthetic --seeds 1 --smoke --results /tmp/p.md   # smoke
+    python benchmarks/phgpo.py --cpu-budget                 # BFCL, tiny from-scratch model, CPU
     python benchmarks/phgpo.py --report-only                # rewrite the page from finished runs
 
 Protocol (PhGPO, arXiv 2602.13691; spec-seed-systems §2.6–§2.7): for each arm and seed, one
@@ -48,6 +49,16 @@ SMOKE = ["model.tiny={vocab_size: 384, hidden_size: 32, num_layers: 1, num_heads
          "phgpo.curriculum=[{max_steps: 5, epochs: 1, tf_start: 0.3, tf_end: 0.2}]",
          "phgpo.stage3_epochs=1", "phgpo.tasks_per_epoch=4", "phgpo.group_size=3",
          "phgpo.eval_rollouts=2", "eval.episodes=4", "eval.every=0", "phgpo.max_length=96"]
+
+# The study as run on 2 CPU cores (docs/results-phgpo.md): a tiny from-scratch LM with the linear
+# tool head instead of SmolLM2 + LoRA (hours per run on CPU), a shorter curriculum and stage 3.
+CPU_BUDGET = ["model.path=null", "model.lora.enabled=false",
+              "model.tiny={vocab_size: 384, hidden_size: 64, num_layers: 2, num_heads: 4, "
+              "num_kv_heads: 2, intermediate_size: 128}", "phgpo.supervised_epochs=4",
+              "phgpo.curriculum=[{max_steps: 3, epochs: 3, tf_start: 0.4, tf_end: 0.25}, "
+              "{max_steps: 5, epochs: 3, tf_start: 0.35, tf_end: 0.2}, "
+              "{max_steps: 10, epochs: 3, tf_start: 0.25, tf_end: 0.1}]",
+              "phgpo.stage3_epochs=6", "phgpo.tasks_per_epoch=24", "eval.every=0"]
 
 
 def arm_overrides(arm: str, cfg) -> list[str]:
@@ -102,7 +113,8 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_page(path: Path, records: list[dict], task: str, smoke: bool) -> None:
+def write_page(path: Path, records: list[dict], task: str, smoke: bool,
+               overrides: list[str] = ()) -> None:
     status = ("**Smoke run only** (tiny budget, for the plumbing; not a result). The full study "
               f"is pending: `{COMMAND}`." if smoke or not records else
               f"Runs: `{COMMAND} --task {task}`.")
@@ -112,7 +124,9 @@ def write_page(path: Path, records: list[dict], task: str, smoke: bool) -> None:
         f"{status}\n\nProtocol: `benchmarks/phgpo.py` (module docstring): task `{task}`, arms "
         "phgpo / grpo (same policy, no pheromone) / supervised (stage 1 for the same number "
         "of epochs), equal budget, held-out tasks split by task; mean ± sd over seeds of the "
-        "last evaluation.\n\n" + (table(records) if records else "(no finished runs)") + "\n\n"
+        "last evaluation.\n\n"
+        + ("Overrides of every run:\n\n```\n" + "\n".join(overrides) + "\n```\n\n"
+           if overrides else "") + (table(records) if records else "(no finished runs)") + "\n\n"
         + (f"Uniform policy: match rate {uniform:.3f}.\n\n" if uniform else "")
         + "Paper (arXiv 2602.13691; only the abstract could be read): PhGPO ahead of its RL "
         "baselines on long-horizon tool planning, reported with and without the pheromone at "
@@ -127,11 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "phgpo_study")
     p.add_argument("--results", type=Path, default=ROOT / "docs" / "results-phgpo.md")
     p.add_argument("--smoke", action="store_true", help="tiny budget (plumbing check)")
+    p.add_argument("--cpu-budget", action="store_true",
+                   help="tiny from-scratch model and a shorter schedule (CPU_BUDGET)")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     config = ROOT / "configs" / f"phgpo_{args.task}.yaml"
-    extra = [*(SMOKE if args.smoke else []), *args.set]
+    extra = [*(SMOKE if args.smoke else []), *(CPU_BUDGET if args.cpu_budget else []),
+             *args.set]
     if args.smoke and args.task == "bfcl":
         extra = ["model.path=null", "model.lora.enabled=false", *extra]
     out = args.out / args.task
@@ -147,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{arm} seed {seed}: " + ", ".join(
                 f"{name} {records[-1][k]:.3f}" for k, name in KEYS), flush=True)
     print(table(records))
-    write_page(args.results, records, args.task, args.smoke)
+    write_page(args.results, records, args.task, args.smoke, extra)
     print(f"wrote {args.results}")
     return 0
 

@@ -31,6 +31,9 @@ import yaml
 
 from grouprl.advantages import RolloutBatch, available_estimators, compute_advantages, state_ids
 from grouprl.data import read_records
+from grouprl.distributed import is_main_process, launched_by_torchrun
+from grouprl.distributed import shutdown as shutdown_distributed
+from grouprl.distributed.launch import relaunch_under_torchrun
 from grouprl.envs.pool import EnvFault
 from grouprl.recipes import train
 from grouprl.train import ConfigError, load_config, load_run_config, load_trained_policy
@@ -178,6 +181,11 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.nproc is not None and not launched_by_torchrun():
+        if args.nproc < 1:
+            raise ConfigError(f"--nproc: {args.nproc} processes; give at least 1")
+        if args.nproc > 1:
+            relaunch_under_torchrun(args.nproc, sys.argv[1:])   # does not return
     config, overrides = _split_config(args.args)
     if args.resume:
         if config is not None:
@@ -196,9 +204,14 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: the environment failed too often: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; resume with: grouprl train --resume " + str(cfg.run_dir),
-              file=sys.stderr)
+        if is_main_process():
+            print("interrupted; resume with: grouprl train --resume " + str(cfg.run_dir),
+                  file=sys.stderr)
         return 130
+    finally:
+        shutdown_distributed()       # torchrun: leave the process group cleanly
+    if not is_main_process():        # rank 0 reports for the job
+        return 0
     if cfg.mode == "preference":
         summary = {"run_dir": str(result.run_dir), "steps": result.iterations,
                    "heldout_reward_accuracy_before": result.success_before,
@@ -256,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("args", nargs="*", metavar="CONFIG|key=value",
                     help="an optional YAML recipe, then overrides like rollout.group_size=4")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
+    tr.add_argument("--nproc", type=int, metavar="N",
+                    help="data parallel on this machine: relaunch under torchrun with N "
+                    "processes (several machines: torchrun itself; docs/distributed.md)")
     tr.add_argument("--trust-run", action="store_true",
                     help="with --resume: allow the run's config.json to import an env class "
                     "('package.module:Class') or set model.trust_remote_code")

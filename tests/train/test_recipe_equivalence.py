@@ -78,7 +78,11 @@ def _same(a: object, b: object) -> bool:
     if isinstance(a, float) and isinstance(b, float):
         if math.isnan(a) or math.isnan(b):
             return math.isnan(a) and math.isnan(b)
-        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7)
+        # float32 kernels round differently on other CPUs (AMD vs Intel BLAS paths: seen
+        # 1e-5 relative on a behaviour-cloning loss, 4e-7 absolute on DPO rewards that cancel
+        # to ~0, and 5e-4 on a gradient norm three updates later, the rounding compounding);
+        # a behaviour change moves these metrics by far more
+        return math.isclose(a, b, rel_tol=5e-3, abs_tol=1e-6)
     return a == b
 
 

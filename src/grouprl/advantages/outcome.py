@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Any
+
 import torch
 
 from grouprl.validation import check_bool, check_choice
@@ -147,9 +149,13 @@ class ReinforcePPOptions(CommonOptions):
         response_length: optional per-row token counts (tensor [N]). verl whitens over all
             response *tokens* (``masked_whiten``), so a row weighs its length; without it every
             row weighs 1.
+        comm: data parallel (:class:`grouprl.distributed.Comm`, or any object whose ``sum``,
+            ``min`` and ``max`` all-reduce a tensor in place): the whitening statistics are
+            then over every rank's rows (spec-scale-out §2); None = this batch alone.
     """
 
     response_length: torch.Tensor | None = None
+    comm: Any = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -174,10 +180,28 @@ def reinforce_pp(rows: Rows, opts: ReinforcePPOptions) -> torch.Tensor:
         w = torch.as_tensor(opts.response_length).to(torch.float64).reshape(-1)
         if w.numel() != rows.n:
             raise ValueError(f"response_length: has {w.numel()} rows, the batch has {rows.n}")
-    total = w.sum()
-    m = (w * b).sum() / total.clamp_min(1e-300)
-    var = (w * (b - m) ** 2).sum() / (total - 1.0) if float(total) > 1.0 else b.new_zeros(())
+    total, wb = _summed(opts.comm, w.sum(), (w * b).sum())
+    m = wb / total.clamp_min(1e-300)
+    (squares,) = _summed(opts.comm, (w * (b - m) ** 2).sum())
+    var = squares / (total - 1.0) if float(total) > 1.0 else b.new_zeros(())
     adv = (b - m) * torch.rsqrt(var + 1e-8)
-    if opts.compat == "native" and rows.n and bool((b == b[0]).all()):
+    if opts.compat == "native" and _all_equal(opts.comm, b):
         return torch.zeros_like(adv)
     return adv
+
+
+def _summed(comm: Any, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``values`` summed over the data-parallel ranks (unchanged without ``comm``)."""
+    if comm is None or getattr(comm, "world_size", 1) == 1:
+        return values
+    return tuple(comm.sum(torch.stack(values).to(torch.float64)).unbind())
+
+
+def _all_equal(comm: Any, b: torch.Tensor) -> bool:
+    """Every rank's ``b`` holds one value (and some rank has rows)."""
+    if comm is None or getattr(comm, "world_size", 1) == 1:
+        return bool(b.numel()) and bool((b == b[0]).all())
+    inf = torch.tensor([float("inf")], dtype=torch.float64)
+    lo = comm.min(b.min().reshape(1).double() if b.numel() else inf.clone())
+    hi = comm.max(b.max().reshape(1).double() if b.numel() else -inf)
+    return bool(torch.isfinite(lo).all()) and bool((lo == hi).all())

@@ -91,7 +91,8 @@ register_estimator("dr_grpo", dr_grpo, DrGRPOOptions, (), "s − mean_g")
 register_estimator("rloo", rloo, RLOOOptions, (), "n/(n−1) · (s − mean_g)")
 register_estimator("reinforce_pp", reinforce_pp, ReinforcePPOptions, (),
                    "whiten_batch(s − mean_g)",
-                   row_inputs=lambda o: {"response_length": "response_length"})
+                   row_inputs=lambda o: {"response_length": "response_length"},
+                   run_defaults={"comm": "comm"})
 register_estimator("canon", canon, CANONOptions, (),
                    "[μ_w·inter + (1 − μ_w)·intra] / L_max over metric halves",
                    row_inputs=_canon_inputs, run_defaults={"l_max": "max_new_tokens"},

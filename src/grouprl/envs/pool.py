@@ -24,6 +24,12 @@ fault budget.
   worker: built-in names, ``"module:Attr"`` import strings and module-level registered factories
   work.  As with any spawn/forkserver multiprocessing, a script that builds such a pool must
   guard its entry point with ``if __name__ == "__main__":`` (workers re-import the main module).
+* ``backend="ray"`` (optional extra ``grouprl[ray]``): one Ray actor per env
+  (:mod:`grouprl.envs.ray_backend`), so envs can run on other hosts of a Ray cluster
+  (``ray_address`` or ``RAY_ADDRESS``; ``ray_actor_options`` places them, default
+  ``num_cpus=0``).  Hangs are cut off at ``step_timeout`` and crashes isolated as with
+  ``"process"``: the actor is killed and rebuilt.  For envs that must live elsewhere; on one
+  machine ``"process"`` costs far less.
 
 Optional env hooks the pool uses (neither is part of :class:`~grouprl.envs.base.TextEnv`):
 
@@ -79,12 +85,13 @@ from .backends import (
     isolate_native_calls,
 )
 from .base import anchor_of
+from .ray_backend import RayBackend
 from .registry import resolve_factory
 
 __all__ = ["BACKENDS", "EnvFault", "EnvFaultBudgetExceeded", "EnvPool", "EnvResetFailed",
            "ResetResult", "StepResult", "expert_plan", "isolate_native_calls"]
 
-BACKENDS = ("serial", "thread", "process")
+BACKENDS = ("serial", "thread", "process", "ray")
 RESET_RETRIES = 3
 
 
@@ -150,9 +157,9 @@ class EnvPool:
         env_name: registered name or ``"module:Attr"`` import string (see ``registry``).
         env_kwargs: keyword arguments of every env.
         num_envs: batch size.
-        backend: ``"serial"``, ``"thread"`` or ``"process"`` (module docstring).
+        backend: ``"serial"``, ``"thread"``, ``"process"`` or ``"ray"`` (module docstring).
         max_steps: the pool ends an episode after this many steps (``truncated=True``).
-        step_timeout: seconds a reset/step may take (thread and process backends; ``None``: no
+        step_timeout: seconds a reset/step may take (thread, process, ray; ``None``: no
             limit; not enforced by ``"serial"``).
         num_workers: threads of the ``"thread"`` backend (default ``num_envs``); must stay
             ``None`` for the others (``"process"`` always runs one worker per env).
@@ -161,10 +168,15 @@ class EnvPool:
         max_restarts: env replacements allowed over the pool's lifetime, all backends;
             ``None`` (default): unlimited.  A failure once it is spent leaves the env failed and
             the call raises :class:`EnvFaultBudgetExceeded`.
-        start_timeout: seconds a worker process may take to build its env (``"process"``;
-            ``None``: no limit) and the thread backend's initial construction.
+        start_timeout: seconds a worker process or actor may take to build its env
+            (``"process"``, ``"ray"``; ``None``: no limit) and the thread backend's initial
+            construction.
         start_method: multiprocessing start method of ``"process"`` (default ``"forkserver"``
             where available, else ``"spawn"``).
+        ray_address: the Ray cluster to connect to (``"ray"``, only when Ray is not initialised
+            yet; ``None``: ``RAY_ADDRESS``, else a local instance).
+        ray_actor_options: ``.options()`` of every env actor (``"ray"``; default
+            ``{"num_cpus": 0}``).
 
     ``stats`` holds cumulative ``failures`` (failed resets/steps/plans, timeouts included),
     ``restarts`` and ``timeouts``; ``window`` the current window's ``episodes`` and
@@ -175,7 +187,9 @@ class EnvPool:
                  num_envs: int = 1, *, backend: str = "serial", max_steps: int | None = None,
                  step_timeout: float | None = 30.0, num_workers: int | None = None,
                  max_failed_fraction: float | None = None, max_restarts: int | None = None,
-                 start_timeout: float | None = 120.0, start_method: str | None = None) -> None:
+                 start_timeout: float | None = 120.0, start_method: str | None = None,
+                 ray_address: str | None = None,
+                 ray_actor_options: dict[str, Any] | None = None) -> None:
         self._closed = True  # until fully built (close()/__del__ stay safe)
         self._backend: Any = None
         check_int("num_envs", num_envs, 1)
@@ -189,6 +203,13 @@ class EnvPool:
                                  f"backend runs one worker per env); got {num_workers!r} with "
                                  f"backend={backend!r}")
             check_int("num_workers", num_workers, 1)
+        for name, value in (("ray_address", ray_address), ("ray_actor_options", ray_actor_options)):
+            if value is not None and backend != "ray":
+                raise ValueError(f"{name}: only used by backend='ray'; got {value!r} with "
+                                 f"backend={backend!r}")
+        if ray_actor_options is not None and not isinstance(ray_actor_options, dict):
+            raise TypeError(f"ray_actor_options: must be a dict or None, got "
+                            f"{type(ray_actor_options).__name__}")
         check_number("max_failed_fraction", max_failed_fraction, 0, 1, none_ok=True)
         check_int("max_restarts", max_restarts, 0, none_ok=True)
         if env_kwargs is not None and not isinstance(env_kwargs, dict):
@@ -215,6 +236,9 @@ class EnvPool:
         elif backend == "thread":
             self._backend = ThreadBackend(factory, self.env_kwargs, num_envs,
                                            num_workers or num_envs)
+        elif backend == "ray":
+            self._backend = RayBackend(factory, env_name, self.env_kwargs, num_envs,
+                                       ray_address, ray_actor_options)
         else:
             self._backend = ProcessBackend(factory, env_name, self.env_kwargs, num_envs,
                                             start_method, start_timeout, self.step_timeout)

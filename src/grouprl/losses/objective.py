@@ -41,11 +41,18 @@ def masked_kl_sum(old_logp: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor
 class PolicyGradientObjective:
     """An importance-sampling policy loss of :func:`grouprl.losses.policy_loss` (PPO-clip, GSPO,
     CISPO, SAPO, KPO, KL-Cov, ...): ``L = Agg(loss(ratio(ℓ^θ, ℓ^old), Â))`` normalised by the
-    mini-batch token/sequence counts."""
+    mini-batch token/sequence counts.
+
+    ``engine_logprobs``: the rollout's sampler log-probs (``rows.logprobs``) come from an engine
+    whose convention is not the learner's (vLLM's processed log-probs; run setting
+    ``engine_logprobs``): they are then read as a row input and passed as ``rollout_logp`` (the
+    truncated-IS correction of ``loss_options.rollout_is``, and the mismatch metrics), while
+    ``ℓ^old`` is the learner's recomputed ``old_logp``."""
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     loss_agg: str | None = None
+    engine_logprobs: bool = False
     batching = "rows"
     single_turn = False
     row_inputs: tuple[str, ...] = ("advantages",)
@@ -54,11 +61,14 @@ class PolicyGradientObjective:
 
     def __post_init__(self) -> None:
         policy_loss_options(self.name, **self.options)   # validated once, at construction
+        if self.engine_logprobs and "logprobs" not in self.row_inputs:
+            self.row_inputs = (*self.row_inputs, "logprobs")
 
     @classmethod
     def build(cls, name: str, options: dict[str, Any], loss_agg: str | None,
               run: Mapping[str, Any]) -> PolicyGradientObjective:
-        return cls(name, options, loss_agg)
+        return cls(name, options, loss_agg,
+                   engine_logprobs=bool(run.get("engine_logprobs", False)))
 
     def __call__(self, logp: torch.Tensor, old_logp: torch.Tensor | None, mask: torch.Tensor,
                  mb: Mapping[str, torch.Tensor], *, global_tokens: torch.Tensor,
@@ -66,11 +76,19 @@ class PolicyGradientObjective:
                  ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of one micro-batch; ``old_logp`` None = on-policy (``ℓ^old = sg(ℓ^θ)``)."""
         old = old_logp if old_logp is not None else logp.detach()
+        engine = {"rollout_logp": mb["logprobs"][:, :logp.shape[1]]} if self.engine_logprobs \
+            else {}
         pg, m = policy_loss(self.name, logp, old, mb["advantages"], mask, self.loss_agg,
-                            global_tokens=global_tokens, global_seqs=global_seqs, **self.options)
-        return pg, {"actor/clipfrac": m.get("clipfrac", 0.0),
-                    "actor/ratio_mean": m.get("ratio_mean", 1.0),
-                    "actor/approx_kl": m.get("approx_kl_k3", 0.0)}
+                            global_tokens=global_tokens, global_seqs=global_seqs, **engine,
+                            **self.options)
+        out = {"actor/clipfrac": m.get("clipfrac", 0.0),
+               "actor/ratio_mean": m.get("ratio_mean", 1.0),
+               "actor/approx_kl": m.get("approx_kl_k3", 0.0)}
+        if engine:
+            out.update({f"actor/{k}": m[k] for k in ("rollout_is_weight_mean",
+                                                     "rollout_is_frac_modified",
+                                                     "mismatch_kl_k3")})
+        return pg, out
 
 
 @dataclass

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from grouprl.distributed import launched_by_torchrun
 from grouprl.recipes.multiagent import train_multiagent
 from grouprl.recipes.phgpo import train_phgpo
 from grouprl.recipes.preference import train_preference
 from grouprl.recipes.rl import train_rl
-from grouprl.train.config import TrainConfig
+from grouprl.train.config import ConfigError, TrainConfig
 from grouprl.train.setup import TrainResult
 
 __all__ = ["RECIPES", "train", "train_rl", "train_preference", "train_phgpo", "train_multiagent",
            "TrainResult"]
+
+DATA_PARALLEL = ("rl",)
+"""Modes that run under torchrun with several processes (the others refuse)."""
 
 RECIPES: dict[str, Callable[..., TrainResult]] = {"rl": train_rl,
                                                   "preference": train_preference,
@@ -34,5 +38,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
           echo: Callable[[str], None] | None = None) -> TrainResult:
     """Run the recipe of ``cfg.mode`` (``rl`` or ``preference``); returns its summary.
     ``force``: a resume accepts config changes outside the resumable keys
-    (:mod:`grouprl.train.resume`)."""
+    (:mod:`grouprl.train.resume`). Under ``torchrun`` with several processes only ``mode: rl``
+    is data parallel (docs/distributed.md); the other modes refuse to start."""
+    if launched_by_torchrun() and cfg.mode not in DATA_PARALLEL:
+        raise ConfigError(f"mode: {cfg.mode} does not run data parallel yet (only "
+                          f"{', '.join(DATA_PARALLEL)}); start it as one process, without "
+                          "torchrun or --nproc")
     return RECIPES[cfg.mode](cfg, resume=resume, force=force, echo=echo)

@@ -12,6 +12,10 @@ update → log → evaluate → save, each step one component (:mod:`grouprl.tra
 
 The recipe names no algorithm: estimators and losses declare what they need
 (:class:`grouprl.train.estimate.AdvantageStage`, :mod:`grouprl.losses.objective`).
+Rollouts come from ``rollout.generation_backend`` (:mod:`grouprl.policy.backends`): an engine
+that keeps its own copy of the weights is synced after each update, and one whose log-probs are
+not the learner's convention gets ``old_logp`` recomputed, its own log-probs reaching the loss
+only as ``rollout_logp`` (docs/distributed.md).
 
 Determinism: task seeds of iteration ``it`` are a pure function of ``(seed, it)``; sampling uses
 one ``torch.Generator`` saved in every checkpoint, evaluation its own fixed generator. On CPU a
@@ -29,24 +33,37 @@ import torch
 
 from grouprl.envs.pool import EnvFault
 from grouprl.losses.objective import make_objective
+from grouprl.policy.backends import (
+    engine_logprobs,
+    recomputes_old_logp,
+    release_memory,
+    sync_weights,
+)
 from grouprl.policy.precision import autocast, compute_dtype
 from grouprl.rewards.verifier import close_isolated_verifiers
 from grouprl.train.checkpoint import save_checkpoint
-from grouprl.train.checks import check_resources, check_rl_config
+from grouprl.train.checks import check_rl_config
 from grouprl.train.config import TrainConfig, config_to_dict
 from grouprl.train.estimate import AdvantageStage, run_settings
-from grouprl.train.evaluate import evaluate_run, make_generate_fn
+from grouprl.train.evaluate import evaluate_run, make_generate_fn, make_rollout_backend
 from grouprl.train.learner import batched_logprobs, update_policy
-from grouprl.train.metrics import MetricsLogger, ProgressBar, read_metrics
+from grouprl.train.metrics import ProgressBar, read_metrics
+from grouprl.train.parallel import (
+    ParallelModel,
+    any_rank,
+    rank_seed,
+    reduce_metrics,
+    setup_parallel,
+    together,
+)
 from grouprl.train.progress import IterationStatus
-from grouprl.train.resume import ResumePoint, resume_run
+from grouprl.train.resume import ResumePoint
 from grouprl.train.sampling import Sampler
 from grouprl.train.setup import (
     StopRequest,
     TrainResult,
     attach_lora_and_reference,
     default_echo,
-    load_or_build_policy,
     make_optimizer,
     prepare_run_dir,
     resolve_device,
@@ -54,7 +71,7 @@ from grouprl.train.setup import (
     step_schedule,
     stop_on_signal,
 )
-from grouprl.train.warm_start import behaviour_cloning, env_corpus
+from grouprl.train.warm_start import starting_policy
 
 __all__ = ["train_rl"]
 
@@ -66,89 +83,94 @@ COUNTERS = ("skipped_updates", "failed_trajectories", "nonfinite_reward_trajecto
 def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
              echo: Callable[[str], None] | None = None) -> TrainResult:
     """Run the recipe of the module docstring; returns a summary."""
-    echo = echo or default_echo
+    comm = setup_parallel(cfg)                        # torchrun: this rank; else one process
+    echo = (echo or default_echo) if comm.is_main else (lambda _: None)
     template = check_rl_config(cfg)
-    prepare_run_dir(cfg, resume, force=force, echo=echo)
+    comm.main_first(lambda: prepare_run_dir(cfg, resume, force=force, echo=echo))
     run_dir, a, ro, ev = Path(cfg.run_dir), cfg.algorithm, cfg.rollout, cfg.eval
     seed_everything(cfg.seed)
-    model, tok = load_or_build_policy(cfg, run_dir, lambda: env_corpus(cfg, template), echo)
     device = resolve_device(cfg.model.device)
-    model.to(device)
-    check_resources(cfg, model, tok, template)        # refuse a rollout that cannot fit memory
-    logger = MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
-                           wandb_project=cfg.logging.wandb_project, config=config_to_dict(cfg))
-    behaviour_cloning(cfg, model, tok, template, run_dir, logger, echo)
+    model, tok, logger = starting_policy(cfg, template, run_dir, device, comm, echo)   # + BC
     model, ref_model, ref_context = attach_lora_and_reference(cfg, model, a.kl_coef > 0)
+    parallel = ParallelModel(comm, cfg.distributed.model_sharding)
+    parallel.prepare(model, ref_model)                 # rank 0's weights, or FSDP2 shards
     optimizer, scheduler = make_optimizer(cfg, model, cfg.iterations)
-    generators = {"sampling": torch.Generator(device=device).manual_seed(cfg.seed),
+    generators = {"sampling": torch.Generator(device=device).manual_seed(
+                      rank_seed(cfg.seed, comm.rank)),
                   "shuffling": torch.Generator().manual_seed(cfg.seed + 1)}
+    backend = make_rollout_backend(cfg, model, tok, generators["sampling"])   # hf | vllm
     generate_fn = make_generate_fn(model, tok, max_new_tokens=ro.max_new_tokens,
                                    temperature=ro.temperature, top_p=ro.top_p,
-                                   stop=tuple(ro.stop), generator=generators["sampling"],
-                                   batch_size=ro.generation_batch_size,
-                                   max_prompt_tokens=ro.max_prompt_tokens)
+                                   stop=tuple(ro.stop), backend=backend)
     status, compute = IterationStatus(), compute_dtype(cfg.model.compute_dtype)
-    sampler = Sampler(cfg, status.wrap_generate(generate_fn), template, tok)
-    advantages = AdvantageStage(cfg)
-    objective = make_objective(a.loss, a.loss_options, a.loss_agg, run_settings(cfg))
+    sampler = Sampler(cfg, status.wrap_generate(generate_fn), template, tok, comm)
+    advantages = AdvantageStage(cfg, comm)
+    objective = make_objective(a.loss, a.loss_options, a.loss_agg,   # engine ℓ → rollout_logp
+                               {**run_settings(cfg), "engine_logprobs": engine_logprobs(backend)})
     counters = dict.fromkeys((*COUNTERS, "env_steps", "env_failures"), 0)
-    point = resume_run(run_dir, logger, "eval/success_rate", model=model, optimizer=optimizer,
-                       scheduler=scheduler, generators=generators, echo=echo) \
-        if resume else ResumePoint()
+    point = parallel.resume(run_dir, logger, "eval/success_rate", model=model,
+                            optimizer=optimizer, scheduler=scheduler, generators=generators,
+                            seed=cfg.seed, echo=echo) if resume else ResumePoint()
     start, state = point.iteration, point.state
+    sync_weights(backend, model, start)                # an engine's copy = the resumed weights
     counters.update(state.get("counters", {}))
     sampler.load_state_dict(state.get("reward_stage", {}))
-    success_before = point.before["eval/success_rate"] if point.before else \
-        state.get("success_before")
+    success_before = comm.broadcast(point.before["eval/success_rate"] if point.before else
+                                    state.get("success_before"))
     if start == 0 and success_before is None:
-        m = evaluate_run(cfg, model, tok, template)
+        m = evaluate_run(cfg, model, tok, template, comm)
         success_before = m["eval/success_rate"]
         logger.log(0, m)
         echo(f"held-out success before RL: {success_before:.1%} "
              f"({ev.episodes} tasks, return {m['eval/episode_return']:.2f})")
 
-    def save(iteration: int) -> None:
-        save_checkpoint(run_dir, iteration=iteration, model=model, optimizer=optimizer,
-                        scheduler=scheduler, config=config_to_dict(cfg), generators=generators,
-                        state={"counters": counters, "success_before": success_before,
-                               "reward_stage": sampler.state_dict()},
-                        keep_last=cfg.keep_last, metrics=logger.lines())
+    def save(iteration: int) -> None:                  # collective; rank 0 writes
+        parallel.save(model, optimizer, generators, lambda **extra: save_checkpoint(
+            run_dir, iteration=iteration, model=model, optimizer=optimizer, scheduler=scheduler,
+            config=config_to_dict(cfg), generators=generators,
+            state={"counters": counters, "success_before": success_before,
+                   "reward_stage": sampler.state_dict()},
+            keep_last=cfg.keep_last, metrics=logger.lines(), **extra))
 
     def iteration(it: int) -> dict[str, float]:
         """One RL iteration: rollout → rewards → advantages → update."""
         t0 = time.perf_counter()
         status.start(it)
         with torch.no_grad(), autocast(device, compute):       # forwards only, no step inside
-            m = sampler.refresh_reward_targets(it)
-            rollout, sampled = sampler.rollout(it)             # rewards: the sampler's stage
+            with parallel.generation(model):                   # FSDP2: one unshard
+                m = sampler.refresh_reward_targets(it)         # rewards: the sampler's stage
+                rollout, sampled = together(comm, lambda: sampler.rollout(it), (EnvFault,))
             t1 = time.perf_counter()
             rollout.advantages = advantages(rollout, model)
             t2 = time.perf_counter()
-            if a.ppo_epochs > 1 or a.num_mini_batches > 1:
+            if a.ppo_epochs > 1 or a.num_mini_batches > 1 or recomputes_old_logp(backend):
                 rollout.old_logp = batched_logprobs(model, rollout, temperature=ro.temperature,
-                                                    micro_batch_size=a.micro_batch_size)
+                                                    micro_batch_size=a.micro_batch_size,
+                                                    comm=comm)
             if ref_model is not None:
                 rollout.ref_logp = batched_logprobs(
                     ref_model, rollout, temperature=ro.temperature,
-                    micro_batch_size=a.micro_batch_size, context=ref_context)
+                    micro_batch_size=a.micro_batch_size, context=ref_context, comm=comm)
         m.update(sampled)
+        release_memory(backend)                        # a colocated engine sleeps
         upd = update_policy(model, optimizer, rollout, objective, loss_agg=a.loss_agg,
                             kl_coef=a.kl_coef, kl_kind=a.kl_kind, entropy_coef=a.entropy_coef,
                             ppo_epochs=a.ppo_epochs, num_mini_batches=a.num_mini_batches,
                             micro_batch_size=a.micro_batch_size, grad_clip=cfg.optim.grad_clip,
                             temperature=ro.temperature, generator=generators["shuffling"],
-                            autocast_dtype=compute, on_micro_batch=status.micro_batch)
+                            autocast_dtype=compute, on_micro_batch=status.micro_batch,
+                            comm=comm)
+        sync_weights(backend, model, it + 1)           # an engine's copy = the new weights
         t3 = time.perf_counter()
         out = {f"train/{k}": float(v) for k, v in rollout.metrics.items()}
         out.update(m)
-        out.update(upd)
         out.update(advantages.metrics(rollout, rollout.advantages))
         out.update({"timing/rollout_s": t1 - t0, "timing/advantage_s": t2 - t1,
                     "timing/update_s": t3 - t2, "timing/iteration_s": t3 - t0})
-        return out
+        return {**reduce_metrics(out, comm), **upd}    # every rank's rows; upd is global
 
     bar = status.bar = ProgressBar(cfg.iterations, desc="RL", initial=start,
-                                   enabled=cfg.logging.progress)
+                                   enabled=cfg.logging.progress and comm.is_main)
     last_success, stop = success_before, StopRequest()
     try:
         with stop_on_signal(stop):
@@ -171,15 +193,16 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
                 metrics["env/failures_total"] = float(counters["env_failures"])
                 done = it + 1
                 if (ev.every and done % ev.every == 0) or done == cfg.iterations:
-                    metrics.update(evaluate_run(cfg, model, tok, template))
+                    metrics.update(evaluate_run(cfg, model, tok, template, comm))
                     last_success = metrics["eval/success_rate"]
                 logger.log(done, metrics)
                 bar.update(done, success=metrics["train/success_rate"],
                            eval=last_success if last_success is not None else float("nan"))
-                if stop.requested or (cfg.save_every and done % cfg.save_every == 0) \
+                stopping = any_rank(comm, stop.requested)     # a signal reached some rank
+                if stopping or (cfg.save_every and done % cfg.save_every == 0) \
                         or done == cfg.iterations:
                     save(done)
-                if stop.requested:
+                if stopping:
                     echo(f"stopped after iteration {done}; checkpoint saved — continue "
                          f"with: grouprl train --resume {run_dir}")
                     raise KeyboardInterrupt

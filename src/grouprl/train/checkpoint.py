@@ -47,14 +47,12 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file
 
 from grouprl.train.checkpoint_dirs import (
     CHECKPOINTS_DIR,
@@ -67,6 +65,14 @@ from grouprl.train.checkpoint_dirs import (
     move_into_place,
     prune,
     write_pointer,
+)
+from grouprl.train.checkpoint_model import (
+    ADAPTER_CONFIG_FILE,
+    MODEL_FILE,
+    load_model_file,
+    save_full_state,
+    save_model_file,
+    with_tied,
 )
 from grouprl.train.rng_state import (
     Generatorish,
@@ -92,31 +98,15 @@ from grouprl.validation import check_range
 __all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "read_checkpoint_state",
            "verify_checkpoint", "checkpoint_dir_name", "list_checkpoints", "CheckpointError"]
 
-MODEL_FILE = "model.safetensors"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng.pt"
+RANK_RNG_FILE = "rank_rng.pt"
+"""Data-parallel runs: the RNG states of ranks 1 … W−1 (rank 0's are in ``rng.pt``)."""
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 FORMAT_VERSION = 2  # 1: the earlier tagged-JSON + safetensors layout (no manifest)
-
-
-def _safe_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous tensors, none sharing storage with another (safetensors refuses aliasing)."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[tuple[str, int]] = set()
-    for key, t in tensors.items():
-        t = t.detach().contiguous()
-        if t.numel():
-            ptr = (str(t.device), t.untyped_storage().data_ptr())
-            if ptr in seen:
-                t = t.clone()
-            else:
-                seen.add(ptr)
-        out[key] = t
-    return out
 
 
 def _metrics_lines(lines: Sequence[str]) -> list[str]:
@@ -131,59 +121,6 @@ def _metrics_lines(lines: Sequence[str]) -> list[str]:
     return list(lines)
 
 
-# --------------------------------------------------------------------------- model
-
-
-def _as_peft(model: torch.nn.Module) -> Any | None:
-    """``model`` if it is a peft ``PeftModel`` (peft is only consulted if already imported)."""
-    peft = sys.modules.get("peft")
-    if peft is None:
-        return None
-    return model if isinstance(model, peft.PeftModel) else None
-
-
-def _save_model(directory: Path, model: torch.nn.Module) -> None:
-    peft_model = _as_peft(model)
-    if peft_model is None:
-        save_model(model, str(directory / MODEL_FILE), metadata={"format": "pt"})
-        return
-
-    adapter = peft_model.active_adapter
-    weights = get_peft_model_state_dict(peft_model, adapter_name=adapter)
-    save_file(_safe_tensors(weights), str(directory / MODEL_FILE),
-              metadata={"format": "pt", "grouprl_content": "peft_adapter",
-                        "adapter_name": adapter})
-    peft_model.peft_config[adapter].save_pretrained(str(directory))
-
-
-def _load_model(directory: Path, model: torch.nn.Module) -> None:
-    peft_model = _as_peft(model)
-    has_adapter = (directory / ADAPTER_CONFIG_FILE).is_file()
-    if peft_model is None:
-        if has_adapter:
-            raise ValueError(f"model: checkpoint {directory} holds peft adapter weights only, "
-                             "but model is not a peft PeftModel; wrap the base model with the "
-                             "same adapter config first")
-        load_model(model, str(directory / MODEL_FILE), strict=True)
-        return
-    if not has_adapter:
-        raise ValueError(f"model: checkpoint {directory} holds a full model state dict, but "
-                         "model is a peft PeftModel; load it into the unwrapped model instead")
-
-    adapter = peft_model.active_adapter
-    weights = load_file(str(directory / MODEL_FILE))
-    expected = set(get_peft_model_state_dict(peft_model, adapter_name=adapter))
-    if expected != set(weights):
-        missing = sorted(expected - set(weights))[:5]
-        unexpected = sorted(set(weights) - expected)[:5]
-        raise ValueError(f"model: adapter weights in {directory} do not match adapter "
-                         f"{adapter!r}: missing {missing}, unexpected {unexpected}")
-    result = set_peft_model_state_dict(peft_model, weights, adapter_name=adapter)
-    if getattr(result, "unexpected_keys", None):
-        raise ValueError(f"model: unexpected adapter keys in {directory}: "
-                         f"{sorted(result.unexpected_keys)[:5]}")
-
-
 # --------------------------------------------------------------------------- save
 
 
@@ -192,7 +129,10 @@ def save_checkpoint(run_dir: str | Path, *, iteration: int, model: torch.nn.Modu
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                     config: Mapping | None = None, state: Mapping | None = None,
                     generators: Mapping[str, Generatorish] | None = None,
-                    keep_last: int | None = 2, metrics: Sequence[str] | None = None) -> Path:
+                    keep_last: int | None = 2, metrics: Sequence[str] | None = None,
+                    model_state: Mapping[str, torch.Tensor] | None = None,
+                    optimizer_state: Mapping[str, Any] | None = None,
+                    rank_rng: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """Atomically write ``run_dir/checkpoints/iter_{iteration:06d}/`` and point ``latest`` at it.
 
     Args:
@@ -211,6 +151,11 @@ def save_checkpoint(run_dir: str | Path, *, iteration: int, model: torch.nn.Modu
         metrics: the run's metrics history, as ``metrics.jsonl`` lines (each one JSON object
             ending in a newline, e.g. :meth:`grouprl.train.metrics.MetricsLogger.lines`);
             returned as ``"metrics"`` by :func:`load_checkpoint`.
+        model_state, optimizer_state: full state dicts to write instead of ``model``'s and
+            ``optimizer``'s own (an FSDP2 model's, gathered on rank 0 by
+            :func:`grouprl.distributed.fsdp.full_state`): the files are a one-process run's.
+        rank_rng: data parallel: the RNG states (:func:`~grouprl.train.rng_state.
+            capture_rng_state`) of ranks 1 … W−1, returned as ``"rank_rng"``.
 
     Returns the checkpoint directory. An existing checkpoint of the same iteration is replaced.
     """
@@ -241,9 +186,16 @@ def save_checkpoint(run_dir: str | Path, *, iteration: int, model: torch.nn.Modu
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        _save_model(tmp, model)
-        if optimizer is not None:
+        if model_state is not None:
+            save_full_state(tmp / MODEL_FILE, model, model_state)
+        else:
+            save_model_file(tmp, model)
+        if optimizer_state is not None:
+            save_torch(tmp / OPTIMIZER_FILE, dict(optimizer_state), "optimizer")
+        elif optimizer is not None:
             save_torch(tmp / OPTIMIZER_FILE, optimizer.state_dict(), "optimizer")
+        if rank_rng:
+            save_torch(tmp / RANK_RNG_FILE, list(rank_rng), "rank_rng")
         if scheduler is not None:
             save_torch(tmp / SCHEDULER_FILE, scheduler.state_dict(), "scheduler")
         save_torch(tmp / RNG_FILE, rng, "generators")
@@ -318,7 +270,8 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                     generators: Mapping[str, Generatorish] | None = None,
-                    restore_rng: bool = True) -> dict[str, Any]:
+                    restore_rng: bool = True,
+                    load_state: Any = None) -> dict[str, Any]:
     """Restore a checkpoint into existing objects.
 
     ``path`` is a checkpoint directory, or a run directory (its latest checkpoint is used).
@@ -331,8 +284,13 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module,
     docstring). A missing, truncated, modified or unsafe file raises :class:`CheckpointError`
     naming it, before ``model``, ``optimizer``, ``scheduler`` or any RNG is modified.
 
+    ``load_state(model_state, optimizer_state)``, when given, receives the verified full state
+    dicts instead of their being loaded into ``model`` / ``optimizer`` (an FSDP2 model:
+    :func:`grouprl.distributed.fsdp.load_full_state`).
+
     Returns ``{"iteration": int, "state": dict, "config": dict | None, "path": Path,
-    "metrics": list of metrics.jsonl lines | None}`` (None: saved without ``metrics``).
+    "metrics": list of metrics.jsonl lines | None, "rank_rng": list | None}`` (None: saved
+    without ``metrics`` / by one process).
     """
     require_safe_torch()
     directory = _resolve(path)
@@ -348,7 +306,7 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module,
     names += [OPTIMIZER_FILE] if optimizer is not None else []
     names += [SCHEDULER_FILE] if scheduler is not None else []
     names += [RNG_FILE] if need_rng else []
-    names += [name for name in (CONFIG_FILE, METRICS_FILE) if name in files]
+    names += [name for name in (CONFIG_FILE, METRICS_FILE, RANK_RNG_FILE) if name in files]
     verify_files(directory, files, names)
 
     # Deserialise everything before modifying anything the caller passed in.
@@ -366,16 +324,20 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module,
             raise CheckpointError(f"checkpoint file {directory / CONFIG_FILE}: unreadable: {err}",
                                   directory / CONFIG_FILE) from err
 
+    rank_rng = load_torch(directory / RANK_RNG_FILE) if RANK_RNG_FILE in files else None
     metrics = None
     if METRICS_FILE in files:
         text = (directory / METRICS_FILE).read_text(encoding="utf-8")
         metrics = text.splitlines(keepends=True)
-    _load_model(directory, model)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+    if load_state is not None:
+        load_state(with_tied(load_file(str(directory / MODEL_FILE)), model), optimizer_state)
+    else:
+        load_model_file(directory, model)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
     if scheduler_state is not None:
         scheduler.load_state_dict(scheduler_state)
     if rng is not None:
         restore_rng_state(rng, generators, restore_rng)
     return {"iteration": int(saved["iteration"]), "state": saved["state"], "config": config,
-            "path": directory, "metrics": metrics}
+            "path": directory, "metrics": metrics, "rank_rng": rank_rng}

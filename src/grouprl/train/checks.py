@@ -14,6 +14,8 @@ without converting it) and the env's data (:func:`check_env_data`: an env class
 that declares ``prepare_data`` loads its dataset here, once, and shares it with its workers).
 :func:`check_resources` estimates the rollout's memory once the policy is loaded and refuses a
 batch that cannot fit, naming the ``rollout.*`` keys to change.
+``rollout.generation_backend=vllm`` needs the rl recipe, a CUDA ``model.device`` and vLLM in
+this environment (:func:`check_generation_backend`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from grouprl.phgpo import ContextConfig, PheromoneConfig
 from grouprl.phgpo import RewardConfig as PhgpoRewards
 from grouprl.phgpo.bfcl import load_bfcl
 from grouprl.phgpo.schedules import CurriculumStage
+from grouprl.policy.backends import BackendUnavailable, require_vllm
 from grouprl.policy.builtin import builtin_model_names, check_model_path, is_model_spec
 from grouprl.policy.generate import prompt_token_limit
 from grouprl.rewards.shaping import available_shapers, make_shaper
@@ -49,6 +52,7 @@ from grouprl.train.team_checks import check_multiagent_config
 from grouprl.validation import UserError, check_options
 
 __all__ = ["check_rl_config", "check_phgpo_config", "check_model_config", "check_env_data",
+           "check_generation_backend",
            "check_resources", "RolloutMemory", "available_memory", "estimate_rollout_memory"]
 
 _GIB = 1024 ** 3
@@ -76,6 +80,27 @@ def check_model_config(cfg: TrainConfig) -> None:
         check_model_path(cfg.model.path)
     except UserError as err:
         raise ConfigError(f"model.path: {err}") from None
+
+
+def check_generation_backend(cfg: TrainConfig) -> None:
+    """``rollout.generation_backend=vllm``: the RL recipe only, a CUDA ``model.device``, and
+    vLLM importable in this environment with a CUDA device
+    (:func:`grouprl.policy.backends.require_vllm`)."""
+    if cfg.rollout.generation_backend != "vllm":
+        return
+    if cfg.mode != "rl":
+        raise ConfigError(f"rollout.generation_backend: vllm serves the rl recipe's rollouts; "
+                          f"mode={cfg.mode} generates with its own loop, so set "
+                          "rollout.generation_backend=hf")
+    if resolve_device(cfg.model.device).type != "cuda":
+        raise ConfigError(f"rollout.generation_backend: vllm runs on CUDA GPUs only, but "
+                          f"model.device={cfg.model.device!r} resolves to the CPU; set "
+                          "model.device=cuda (on a GPU machine with vLLM installed) or "
+                          "rollout.generation_backend=hf")
+    try:
+        require_vllm()
+    except BackendUnavailable as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_env_data(cfg: TrainConfig) -> None:
@@ -106,6 +131,7 @@ def check_env_data(cfg: TrainConfig) -> None:
 def check_rl_config(cfg: TrainConfig) -> PromptTemplate:
     """Every cross-key check of an RL run; returns the prompt template (a multi-agent run:
     :func:`check_multiagent_config`, which ``grouprl config`` reaches through here)."""
+    check_generation_backend(cfg)
     if cfg.mode == "multiagent":
         return check_multiagent_config(cfg)
     a, r, ro = cfg.algorithm, cfg.reward, cfg.rollout

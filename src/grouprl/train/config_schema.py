@@ -18,8 +18,9 @@ from grouprl.train.config_types import SCHEMA, Bool, Float, Int, Str, list_defau
 
 __all__ = ["SCHEMA", "Int", "Bool", "Str", "Float", "TinyModelConfig", "LoraConfig", "ModelConfig",
            "EnvConfig", "AgentConfig",
-           "RolloutConfig", "AlgorithmConfig", "RewardConfig", "PreferenceConfig", "OptimConfig",
-           "BCConfig", "EvalConfig", "LoggingConfig", "MultiAgentConfig",
+           "RolloutConfig", "VLLMConfig", "AlgorithmConfig", "RewardConfig", "PreferenceConfig",
+           "OptimConfig",
+           "BCConfig", "EvalConfig", "LoggingConfig", "DistributedConfig", "MultiAgentConfig",
            "PhGPOConfig", "TrainConfig"]
 
 @dataclass(config=SCHEMA)
@@ -82,10 +83,12 @@ class EnvConfig:
     kwargs: dict[str, Any] = Field(
         default_factory=lambda: {"dim_room": [5, 5], "num_boxes": 1, "max_solution_length": 2},
         description="keyword arguments of the env constructor")
-    backend: Literal["serial", "thread", "process"] = Field(
+    backend: Literal["serial", "thread", "process", "ray"] = Field(
         "thread", description="where env steps run: thread (default: step_timeout fires on "
         "Python-level hangs; envs that block in native code are refused), process (isolates "
-        "crashes and any hang; for envs you do not trust), serial (in-process, no deadline)")
+        "crashes and any hang; for envs you do not trust), serial (in-process, no deadline), "
+        "ray (one Ray actor per env, isolated like process; for envs that must run on other "
+        "hosts: pip install 'grouprl[ray]', cluster from RAY_ADDRESS, else a local instance)")
     num_workers: Int | None = Field(None, ge=1, description="process/thread workers (null = "
                                     "one per env, capped by the CPU count)")
     max_steps: Int = Field(4, ge=1, description="episode step limit (truncation); 1 = single-"
@@ -117,6 +120,27 @@ class AgentConfig:
 
 
 @dataclass(config=SCHEMA)
+class VLLMConfig:
+    """The colocated vLLM engine (rollout.generation_backend=vllm; docs/distributed.md)."""
+
+    gpu_memory_utilization: Float = Field(0.3, gt=0.0, le=1.0, description="share of the GPU's "
+                                          "memory vLLM takes for its weights and KV cache (the "
+                                          "trainer keeps the rest)")
+    enable_sleep_mode: Bool = Field(True, description="free the engine's GPU memory during the "
+                                    "policy update (llm.sleep / wake_up)")
+    sleep_level: Int = Field(2, ge=1, le=2, description="1 = offload the engine's weights to CPU "
+                             "while asleep; 2 = discard them (reloaded from the policy after "
+                             "each update)")
+    max_model_len: Int | None = Field(None, ge=1, description="prompt + response tokens the "
+                                      "engine serves; null = the model's context")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="the engine's weight dtype; auto = the policy config's dtype")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="further vllm.LLM "
+                                          "arguments, e.g. {max_num_seqs: 64, enforce_eager: "
+                                          "true}")
+
+
+@dataclass(config=SCHEMA)
 class RolloutConfig:
     """Sampling of one iteration's groups."""
 
@@ -133,6 +157,11 @@ class RolloutConfig:
                             "(the reply ends after the first one)")
     generation_batch_size: Int | None = Field(None, ge=1, description="prompts per generate "
                                               "call (null = all at once)")
+    generation_backend: Literal["hf", "vllm"] = Field(
+        "hf", description="rollout engine: hf = grouprl's own sampling loop on the policy "
+        "(its log-probs are the learner's); vllm = a colocated vLLM engine (CUDA, extra 'vllm' "
+        "in its own environment; old_logp is then recomputed by the learner, docs/"
+        "distributed.md)")
     max_prompt_tokens: Int | None = Field(
         None, ge=1, description="longer prompts are left-truncated to their last N tokens "
         "(counted in train/truncated_prompts; a warning names this key); null = the model's "
@@ -147,6 +176,8 @@ class RolloutConfig:
     dot_truncation: dict[str, Any] | None = Field(
         None, description="DOT outlier truncation of all-correct groups (single-turn, spec-"
         "rewards §A7): {alpha: 3.0, margin: 32}")
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig,
+                             description="the vLLM engine (generation_backend=vllm)")
 
 
 @dataclass(config=SCHEMA)
@@ -270,6 +301,21 @@ class LoggingConfig:
 
 
 @dataclass(config=SCHEMA)
+class DistributedConfig:
+    """Data-parallel training under ``torchrun`` (docs/distributed.md). The world size comes from
+    the launcher (``grouprl train --nproc N`` or ``torchrun --nproc_per_node N -m grouprl
+    train``); one process ignores this section."""
+
+    model_sharding: Literal["replicated", "fsdp2"] = Field(
+        "replicated", description="replicated: every rank holds the whole model, gradients "
+        "all-reduced once per mini-batch (small and LoRA models); fsdp2: parameters, gradients "
+        "and optimizer state sharded with fully_shard (models that do not fit one device; "
+        "full-parameter training only)")
+    timeout_s: Float = Field(1800.0, gt=0.0, description="collective timeout: a rank waiting "
+                             "longer for the others fails the run")
+
+
+@dataclass(config=SCHEMA)
 class TrainConfig:
     """A whole run."""
 
@@ -297,6 +343,8 @@ class TrainConfig:
     bc: BCConfig = Field(default_factory=BCConfig, description="behaviour cloning")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="logging")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig,
+                                           description="data parallel (torchrun)")
     multiagent: MultiAgentConfig = Field(default_factory=MultiAgentConfig,
                                          description="multi-agent team (mode: multiagent)")
     phgpo: PhGPOConfig = Field(default_factory=PhGPOConfig,

@@ -16,6 +16,7 @@ import torch
 
 from grouprl.advantages import compute_advantages, estimator_spec, grouping_stats
 from grouprl.batch import Rollout
+from grouprl.distributed import LOCAL, Comm
 from grouprl.train.config import TrainConfig
 from grouprl.train.learner import mean_token_entropy
 from grouprl.train.sampling import single_turn
@@ -39,11 +40,11 @@ def run_settings(cfg: TrainConfig) -> dict[str, Any]:
 class AdvantageStage:
     """``algorithm.estimator`` with its options resolved against the run (see module doc)."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: TrainConfig, comm: Comm = LOCAL) -> None:
+        self.cfg, self.comm = cfg, comm
         self.name = cfg.algorithm.estimator
         self.spec = estimator_spec(self.name)
-        run = run_settings(cfg)
+        run = {**run_settings(cfg), "comm": comm}  # batch-wide statistics over every rank
         self.options = dict(cfg.algorithm.estimator_options)
         for option, setting in self.spec.run_defaults.items():
             self.options.setdefault(option, run[setting])
@@ -59,7 +60,8 @@ class AdvantageStage:
                 a = self.cfg.algorithm
                 out[option] = mean_token_entropy(model, rollout,
                                                  temperature=self.cfg.rollout.temperature,
-                                                 micro_batch_size=a.micro_batch_size)
+                                                 micro_batch_size=a.micro_batch_size,
+                                                 comm=self.comm)
             elif name not in ROW_INPUTS:
                 raise ValueError(f"estimator {self.name!r} needs row input {name!r}; this "
                                  f"trainer supplies: {', '.join(ROW_INPUTS)}")

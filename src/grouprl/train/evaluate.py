@@ -9,6 +9,7 @@ and evaluation never perturbs the training RNG (resume equivalence).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,35 +17,56 @@ import torch
 from grouprl.agent.prompts import PromptTemplate
 from grouprl.agent.rollout import collect_rollouts
 from grouprl.batch import Rollout
+from grouprl.distributed import LOCAL, Comm, shard_bounds
+from grouprl.distributed.fsdp import gathered
 from grouprl.envs import EnvPool
-from grouprl.policy import Generation, generate
+from grouprl.policy import Generation
+from grouprl.policy.backends import (
+    GenerationBackend,
+    HFBackend,
+    make_backend,
+    tokenize_prompts,
+)
 from grouprl.policy.precision import autocast, compute_dtype
 from grouprl.train.config import TrainConfig
 from grouprl.train.sampling import raw_action, single_turn
 
-__all__ = ["make_generate_fn", "evaluate_policy", "evaluate_run", "eval_seeds",
-           "response_length_metrics"]
+__all__ = ["make_generate_fn", "make_rollout_backend", "evaluate_policy", "evaluate_run",
+           "eval_seeds", "response_length_metrics"]
 
 
 def make_generate_fn(model: torch.nn.Module, tokenizer: Any, *, max_new_tokens: int,
                      temperature: float, top_p: float = 1.0, stop: tuple[str, ...] = (),
                      generator: torch.Generator | None = None, batch_size: int | None = None,
-                     max_prompt_tokens: int | None = None) -> Callable[[list[str]], Generation]:
-    """prompts → :class:`Generation` with the rollout settings (temperature 0 = greedy)."""
-    greedy = temperature == 0
+                     max_prompt_tokens: int | None = None,
+                     backend: GenerationBackend | None = None
+                     ) -> Callable[[list[str]], Generation]:
+    """prompts → :class:`Generation` with the rollout settings (temperature 0 = greedy),
+    through ``backend`` (default: :class:`HFBackend` on ``model`` with ``generator``,
+    ``batch_size`` and ``max_prompt_tokens``). Prompts are tokenized here, as
+    :func:`grouprl.policy.generate` does (no special tokens added): backends take token ids."""
+    if backend is None:
+        backend = HFBackend(model, tokenizer, generator=generator, batch_size=batch_size,
+                            max_prompt_tokens=max_prompt_tokens)
 
     def fn(prompts: list[str]) -> Generation:
-        was_training = model.training
-        model.eval()
-        try:
-            return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                            temperature=1.0 if greedy else temperature, top_p=top_p,
-                            do_sample=not greedy, stop_strings=tuple(stop), generator=generator,
-                            batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)
-        finally:
-            model.train(was_training)
+        return backend.generate(tokenize_prompts(tokenizer, prompts), n=1,
+                                max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_p=top_p, stop_strings=tuple(stop))
 
     return fn
+
+
+def make_rollout_backend(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any,
+                         generator: torch.Generator | None) -> GenerationBackend:
+    """The training rollouts' engine, ``rollout.generation_backend`` (``rollout.vllm``: its
+    options; ``run_dir/rollout_engine``: its model directory). Evaluation keeps the HF loop."""
+    ro = cfg.rollout
+    return make_backend(ro.generation_backend, model, tokenizer, generator=generator,
+                        batch_size=ro.generation_batch_size,
+                        max_prompt_tokens=ro.max_prompt_tokens, seed=cfg.seed,
+                        work_dir=Path(cfg.run_dir) / "rollout_engine",
+                        vllm_options=vars(ro.vllm))
 
 
 def eval_seeds(episodes: int, seed_offset: int) -> list[int]:
@@ -59,22 +81,26 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: Any, *, env_name: str, en
                     backend: str = "serial", step_timeout: float | None = 30.0,
                     num_workers: int | None = None, batch_size: int | None = None,
                     pool: EnvPool | None = None, raw_action: bool = False,
-                    max_prompt_tokens: int | None = None) -> tuple[dict[str, float], Rollout]:
-    """Metrics ``eval/*`` of the policy on the held-out tasks, and the rollout itself."""
+                    max_prompt_tokens: int | None = None, shard: tuple[int, int] | None = None
+                    ) -> tuple[dict[str, float], Rollout]:
+    """Metrics ``eval/*`` of the policy on the held-out tasks, and the rollout itself;
+    ``shard = (lo, hi)``: only held-out tasks ``lo … hi−1`` (a data-parallel rank's share)."""
     device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + 17)
+    lo, hi = shard if shard is not None else (0, episodes)
+    seeds = eval_seeds(episodes, seed_offset)[lo:hi]
+    gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + 17 + lo)
     generate_fn = make_generate_fn(model, tokenizer, max_new_tokens=max_new_tokens,
                                    temperature=temperature, stop=stop, generator=gen,
                                    batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)
     own = pool is None
     if own:
-        pool = EnvPool(env_name, env_kwargs, episodes, backend=backend, max_steps=max_steps,
+        pool = EnvPool(env_name, env_kwargs, len(seeds), backend=backend, max_steps=max_steps,
                        step_timeout=step_timeout, num_workers=num_workers)
     try:
         with torch.no_grad():
             rollout = collect_rollouts(
                 pool, generate_fn, template=template,
-                task_seeds=eval_seeds(episodes, seed_offset), group_size=1, max_steps=max_steps,
+                task_seeds=seeds, group_size=1, max_steps=max_steps,
                 history_length=history_length, action_tag=action_tag, allow_plain=allow_plain,
                 raw_action=raw_action,
                 tokenizer=tokenizer, use_chat_template=use_chat_template,
@@ -106,14 +132,27 @@ def response_length_metrics(rollout: Rollout, prefix: str = "") -> dict[str, flo
     return {prefix + k: v for k, v in out.items()}
 
 
+EVAL_SUMMED = ("eval/failed_trajectories", "eval/nonfinite_reward_trajectories")
+
+
+def _episode_weighted(parts: list[tuple[dict[str, float], int]]) -> dict[str, float]:
+    """Ranks' evaluation metrics combined: counts summed, the rest weighted by each rank's
+    episodes (response-length percentiles: the weighted mean of the ranks' percentiles)."""
+    total = sum(n for _, n in parts) or 1
+    return {k: (sum(m[k] for m, _ in parts) if k in EVAL_SUMMED
+                else sum(m[k] * n for m, n in parts) / total) for k in parts[0][0]}
+
+
 def evaluate_run(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any,
-                 template: PromptTemplate) -> dict[str, float]:
+                 template: PromptTemplate, comm: Comm = LOCAL) -> dict[str, float]:
     """Held-out metrics of a run's policy with the run's settings (``eval.*`` over ``env.*``,
     ``rollout.*``): what the RL recipe logs and ``grouprl eval`` prints. Single-turn runs also
-    report ``eval/accuracy`` (= the success rate)."""
+    report ``eval/accuracy`` (= the success rate). Data parallel: each rank evaluates its block
+    of the held-out tasks and every rank returns the combined metrics."""
     ev, ro = cfg.eval, cfg.rollout
     device = next(model.parameters()).device
-    with autocast(device, compute_dtype(cfg.model.compute_dtype)):   # model.compute_dtype
+    shard = shard_bounds(ev.episodes, comm.world_size, comm.rank)
+    with autocast(device, compute_dtype(cfg.model.compute_dtype)), gathered(model):
         metrics, _ = evaluate_policy(
             model, tokenizer, env_name=cfg.env.name,
             env_kwargs={**cfg.env.kwargs, **ev.env_kwargs},
@@ -124,7 +163,9 @@ def evaluate_run(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any,
             raw_action=raw_action(cfg), use_chat_template=cfg.agent.use_chat_template,
             backend=cfg.env.backend, step_timeout=cfg.env.step_timeout,
             num_workers=cfg.env.num_workers, batch_size=ro.generation_batch_size,
-            max_prompt_tokens=ro.max_prompt_tokens)
+            max_prompt_tokens=ro.max_prompt_tokens, shard=shard)
+    if comm.distributed:
+        metrics = _episode_weighted(comm.gather((metrics, shard[1] - shard[0])))
     if single_turn(cfg):
         metrics["eval/accuracy"] = metrics["eval/success_rate"]
     return metrics

@@ -14,21 +14,40 @@ The objective (:mod:`grouprl.losses.objective`) declares how it is batched (``ro
 ``KL_old``; this module provides them and knows no loss by name. A micro-batch whose loss is not
 finite, or a mini-batch whose gradient norm is not finite, skips that optimizer step (gradients
 dropped) and is counted in ``train/skipped_updates``.
+
+Data parallel (``comm``, :mod:`grouprl.distributed`; spec-scale-out §2): each rank holds its own
+rows (whole groups); mini-batch membership is a permutation of the GLOBAL row (or group) ids
+drawn from the shuffling generator every rank holds in the same state, each rank keeping the
+members it owns; the token and sequence counts of a mini-batch are all-reduced, so each rank's
+loss is ``Σ_local / global`` and the sum of the ranks' gradients is the one-process gradient.
+Replicated models all-reduce (SUM) their gradients once per mini-batch; FSDP2 models
+(``comm.lockstep``) scale the loss by the world size (FSDP averages) and run the same number of
+micro-batches on every rank (short ranks run empty ones). A non-finite micro-batch still joins
+the collectives; the step is skipped on every rank when any rank saw one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from grouprl.batch import Rollout
+from grouprl.distributed import LOCAL, Comm, all_reduce_gradients
 from grouprl.losses import aggregate, kl_penalty, normalizer_counts
 from grouprl.losses.objective import masked_kl_sum
 from grouprl.policy import response_logprobs
+from grouprl.train.batching import (
+    filler_batch,
+    gather,
+    group_batches,
+    lockstep_count,
+    micro_slices,
+    row_batches,
+)
 
 __all__ = ["update_policy", "batched_logprobs", "micro_slices", "row_batches", "group_batches",
            "mean_token_entropy"]
@@ -41,114 +60,40 @@ def _device(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def gather(rows: Rollout, idx: torch.Tensor, device: torch.device | str,
-           columns: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """Token tensors of rows ``idx`` with padding columns trimmed, behaviour/reference
-    log-probs when set, and the per-row ``columns``, on ``device``."""
-    pm, rm = rows.prompt_mask[idx], rows.response_mask[idx]
-    p = int(pm.sum(1).max()) if idx.numel() else 0
-    r = max(int(rm.sum(1).max()) if idx.numel() else 0, 1)
-    width = rows.prompt_ids.shape[1]
-    out = {"prompt_ids": rows.prompt_ids[idx, width - p:], "prompt_mask": pm[:, width - p:],
-           "response_ids": rows.response_ids[idx, :r], "response_mask": rm[:, :r]}
-    for name in ("old_logp", "ref_logp"):
-        if getattr(rows, name) is not None:
-            out[name] = getattr(rows, name)[idx, :r]
-    for name in columns:
-        out[name] = rows.column(name)[idx]
-    return {k: v.to(device, non_blocking=True) for k, v in out.items()}
-
-
-def micro_slices(rows: Rollout, index: torch.Tensor, size: int,
-                 device: torch.device | str = "cpu"
-                 ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-    """Yield ``(row_index, tensors)`` per micro-batch of ``size`` rows of ``index``."""
-    for start in range(0, index.numel(), size):
-        idx = index[start:start + size]
-        yield idx, gather(rows, idx, device)
-
-
-def row_batches(n: int, num_mini_batches: int, micro_batch_size: int, *,
-                generator: torch.Generator | None = None
-                ) -> list[tuple[int, list[torch.Tensor]]]:
-    """``[(0, [micro row index, ...]), ...]``: rows shuffled with ``generator`` when there are
-    several mini-batches, split into ``min(num_mini_batches, n)`` mini-batches
-    (``torch.tensor_split`` sizes), each cut into micro-batches of ``micro_batch_size`` rows."""
-    if n == 0:
-        return []
-    perm = torch.randperm(n, generator=generator) if num_mini_batches > 1 else torch.arange(n)
-    return [(0, list(torch.split(mini, micro_batch_size)))
-            for mini in torch.tensor_split(perm, min(num_mini_batches, n))]
-
-
-def group_batches(group: torch.Tensor, num_mini_batches: int, micro_batch_size: int, *,
-                  shuffle: bool = True, generator: torch.Generator | None = None
-                  ) -> list[tuple[int, list[torch.Tensor]]]:
-    """Group-aligned mini- and micro-batches: ``[(questions, [micro row index, ...]), ...]``.
-
-    The distinct ids of ``group`` (N,) are shuffled with ``generator`` (when ``shuffle``; else
-    taken in sorted order) and split into ``min(num_mini_batches, G)`` mini-batches of whole
-    groups (``torch.tensor_split`` sizes); each mini-batch is cut greedily, in order, into
-    micro-batches of whole groups holding at most ``micro_batch_size`` rows, except that a
-    micro-batch always holds at least one group (a group larger than ``micro_batch_size`` is
-    its own micro-batch). Rows of a group keep their original order.
-    """
-    n = int(group.numel())
-    if n == 0:
-        return []
-    uniq, inv = torch.unique(group, return_inverse=True)
-    num = int(uniq.numel())
-    order = torch.randperm(num, generator=generator) if shuffle else torch.arange(num)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(num)
-    rows = torch.sort(rank[inv], stable=True).indices              # rows by shuffled group
-    sizes = torch.bincount(inv, minlength=num)[order].tolist()     # group sizes in that order
-    out: list[tuple[int, list[torch.Tensor]]] = []
-    pos = 0                                                        # first row of the group
-    for chunk in torch.tensor_split(torch.arange(num), min(num_mini_batches, num)):
-        micro: list[torch.Tensor] = []
-        start = pos
-        for k in chunk.tolist():
-            if pos > start and pos - start + sizes[k] > micro_batch_size:
-                micro.append(rows[start:pos])
-                start = pos
-            pos += sizes[k]
-        if pos > start:
-            micro.append(rows[start:pos])
-        out.append((int(chunk.numel()), micro))
-    return out
-
-
 @torch.no_grad()
 def batched_logprobs(model: torch.nn.Module, rows: Rollout, *, temperature: float,
-                     micro_batch_size: int, context: Callable[[], Any] | None = None
-                     ) -> torch.Tensor:
+                     micro_batch_size: int, context: Callable[[], Any] | None = None,
+                     comm: Comm = LOCAL) -> torch.Tensor:
     """(N, R) log-probs of the responses under ``model`` (no gradient), e.g. old or ref."""
     out = torch.zeros(rows.response_ids.shape, dtype=torch.float32)
     was_training = model.training
     model.eval()
     with context() if context is not None else contextlib.nullcontext():
         for idx, mb in micro_slices(rows, torch.arange(len(rows)), micro_batch_size,
-                                    _device(model)):
+                                    _device(model), comm):
             logp, _ = response_logprobs(model, mb["prompt_ids"], mb["prompt_mask"],
                                         mb["response_ids"], mb["response_mask"],
                                         temperature=temperature)
-            out[idx, :logp.shape[1]] = logp.float().cpu()
+            if idx is not None:
+                out[idx, :logp.shape[1]] = logp.float().cpu()
     model.train(was_training)
     return out
 
 
 @torch.no_grad()
 def mean_token_entropy(model: torch.nn.Module, rows: Rollout, *, temperature: float,
-                       micro_batch_size: int) -> torch.Tensor:
+                       micro_batch_size: int, comm: Comm = LOCAL) -> torch.Tensor:
     """(N,) mean per-token entropy of each response under ``model`` (no gradient)."""
     out = torch.zeros(len(rows), dtype=torch.float64)
     was_training = model.training
     model.eval()
-    for idx, mb in micro_slices(rows, torch.arange(len(rows)), micro_batch_size, _device(model)):
+    for idx, mb in micro_slices(rows, torch.arange(len(rows)), micro_batch_size, _device(model),
+                                comm):
         _, ent = response_logprobs(model, mb["prompt_ids"], mb["prompt_mask"],
                                    mb["response_ids"], mb["response_mask"],
                                    temperature=temperature, with_entropy=True)
+        if idx is None:
+            continue
         mask = mb["response_mask"].to(ent.dtype)
         out[idx] = ((ent * mask).sum(1) / mask.sum(1).clamp_min(1)).double().cpu()
     model.train(was_training)
@@ -156,18 +101,22 @@ def mean_token_entropy(model: torch.nn.Module, rows: Rollout, *, temperature: fl
 
 
 @torch.no_grad()
-def _mini_batch_kl(model: torch.nn.Module, rows: Rollout, micro: list[torch.Tensor],
+def _mini_batch_kl(model: torch.nn.Module, rows: Rollout, micro: list[torch.Tensor | None],
                    g_tokens: torch.Tensor, temperature: float, device: torch.device,
-                   autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``KL_old`` of a whole mini-batch: token mean of ``ℓ^old − ℓ^θ`` (one no-grad forward per
-    micro-batch)."""
+                   autocast_dtype: torch.dtype | None = None, comm: Comm = LOCAL
+                   ) -> torch.Tensor:
+    """``KL_old`` of a whole (global) mini-batch: token mean of ``ℓ^old − ℓ^θ`` (one no-grad
+    forward per micro-batch; the sum all-reduced over ranks)."""
     total = torch.zeros((), device=device)
     for idx in micro:
-        mb = gather(rows, idx, device)
+        mb = gather(rows, idx, device) if idx is not None else filler_batch(device)
         logp, _ = response_logprobs(model, mb["prompt_ids"], mb["prompt_mask"],
                                     mb["response_ids"], mb["response_mask"],
                                     temperature=temperature, autocast_dtype=autocast_dtype)
-        total = total + masked_kl_sum(mb["old_logp"], logp, mb["response_mask"].bool())
+        if idx is not None:
+            total = total + masked_kl_sum(mb["old_logp"], logp, mb["response_mask"].bool())
+    if comm.distributed:              # dtype fixed: a rank without micro-batches adds 0
+        total = comm.sum(total.double().reshape(1))[0]
     return total / g_tokens.clamp(min=1)
 
 
@@ -187,6 +136,43 @@ class _Averages:
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
 
 
+def _global_counts(rows: Rollout, micro: list[torch.Tensor], comm: Comm
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N_tok, B')`` of a mini-batch (:func:`grouprl.losses.normalizer_counts`), summed over
+    the ranks' shares."""
+    if micro:
+        g_tokens, g_seqs = normalizer_counts(rows.response_mask[torch.cat(micro)])
+    else:
+        g_tokens = g_seqs = torch.zeros((), dtype=torch.long)
+    if comm.distributed:
+        both = comm.sum(torch.stack([g_tokens.double(), g_seqs.double()]))
+        g_tokens, g_seqs = both[0].round().long(), both[1].round().long()
+    return g_tokens, g_seqs
+
+
+def _join_collectives(model: torch.nn.Module, device: torch.device, temperature: float,
+                      autocast_dtype: torch.dtype | None) -> None:
+    """An empty micro-batch of a lock-step (FSDP2) rank: forward a filler row and backward
+    ``0 ×`` its log-prob, so the rank joins the all-gathers and reduce-scatters of the others
+    and adds nothing to the gradient."""
+    mb = filler_batch(device)
+    logp, _ = response_logprobs(model, mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"],
+                                mb["response_mask"], temperature=temperature,
+                                autocast_dtype=autocast_dtype)
+    (logp.sum() * 0.0).backward()
+
+
+def _rank_mean(values: dict[str, float], comm: Comm) -> dict[str, float]:
+    """Per-key mean over the ranks that report the key (identity in one process)."""
+    if not comm.distributed:
+        return values
+    out: dict[str, list[float]] = {}
+    for part in comm.gather(values):
+        for k, v in part.items():
+            out.setdefault(k, []).append(v)
+    return {k: sum(v) / len(v) for k, v in sorted(out.items())}
+
+
 def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows: Rollout,
                   objective: Any, *, loss_agg: str | None = None, kl_coef: float = 0.0,
                   kl_kind: str = "k3",
@@ -194,8 +180,8 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
                   micro_batch_size: int = 64, grad_clip: float | None = 1.0,
                   temperature: float = 1.0, generator: torch.Generator | None = None,
                   log_entropy: bool = True, autocast_dtype: torch.dtype | None = None,
-                  on_micro_batch: Callable[[int, int], None] | None = None
-                  ) -> dict[str, float]:
+                  on_micro_batch: Callable[[int, int], None] | None = None,
+                  comm: Comm = LOCAL) -> dict[str, float]:
     """Run the PPO-style update on ``rows`` and return averaged metrics.
 
     ``objective`` (:func:`grouprl.losses.objective.make_objective`) is the loss term and its
@@ -211,19 +197,25 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
     any step of this update: 0 up to rounding when the sampler ran the same weights at the same
     precision; it grows with a stale or lower-precision rollout engine (verl's
     ``rollout_probs_diff``).
+
+    ``comm``: data parallel over ranks (module docstring); every rank must call this with its
+    own rows and a shuffling ``generator`` in the same state. Metrics are global: summed
+    losses all-reduced, other per-micro-batch means averaged over ranks.
     """
     n = len(rows)
     for name in objective.row_inputs:
         value = rows.column(name) if n else None
         if value is not None and value.shape[0] != n:
             raise ValueError(f"rows.{name}: must have {n} rows, got {tuple(value.shape)}")
-    if n == 0:                      # nothing left to learn from (every trajectory dropped)
+    sizes = comm.gather(n)
+    offset, total_rows = sum(sizes[:comm.rank]), sum(sizes)
+    if total_rows == 0:             # nothing left to learn from (every trajectory dropped)
         return {"train/skipped_updates": 0.0, "train/empty_batches": 1.0, "actor/updates": 0.0,
                 "actor/lr": float(optimizer.param_groups[0]["lr"])}
-    if rows.old_logp is None and (ppo_epochs > 1 or num_mini_batches > 1):
+    if n and rows.old_logp is None and (ppo_epochs > 1 or num_mini_batches > 1):
         raise ValueError("rows.old_logp: required when ppo_epochs > 1 or num_mini_batches > 1 "
                          "(compute it with batched_logprobs before the update)")
-    if kl_coef > 0 and rows.ref_logp is None:
+    if n and kl_coef > 0 and rows.ref_logp is None:
         raise ValueError("rows.ref_logp: required when kl_coef > 0")
     agg_mode = loss_agg or "token-mean"
     with_entropy = entropy_coef != 0 or log_entropy
@@ -233,27 +225,41 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
     device = _device(model)
     model.train()
     done = 0
+    all_groups = None
+    if objective.batching == "groups" and comm.distributed:
+        local = rows.column("group_id").unique().tolist() if n else []
+        all_groups = torch.tensor(sorted({g for ids in comm.gather(local) for g in ids}),
+                                  dtype=torch.long)
     for epoch in range(ppo_epochs):
         if objective.batching == "groups":
-            batches = group_batches(rows.column("group_id"), num_mini_batches, micro_batch_size,
-                                    shuffle=num_mini_batches > 1, generator=generator)
+            group_ids = rows.column("group_id") if n else torch.zeros(0, dtype=torch.long)
+            batches = group_batches(group_ids, num_mini_batches, micro_batch_size,
+                                    shuffle=num_mini_batches > 1, generator=generator,
+                                    all_groups=all_groups)
         else:
-            batches = row_batches(n, num_mini_batches, micro_batch_size, generator=generator)
+            batches = row_batches(n, num_mini_batches, micro_batch_size, generator=generator,
+                                  offset=offset, total=total_rows)
         n_micro = ppo_epochs * sum(len(micro) for _, micro in batches)
         if on_micro_batch is not None and epoch == 0:
             on_micro_batch(0, n_micro)
         for groups, micro in batches:
-            g_tokens, g_seqs = normalizer_counts(rows.response_mask[torch.cat(micro)])
+            g_tokens, g_seqs = _global_counts(rows, micro, comm)
             g_tokens, g_seqs = g_tokens.to(device), g_seqs.to(device)
+            steps: list[torch.Tensor | None] = list(micro)
+            steps += [None] * (lockstep_count(comm, len(micro)) - len(micro))
             optimizer.zero_grad(set_to_none=True)
             kl_mini = None
-            if objective.needs_mini_batch_kl and rows.old_logp is not None and len(micro) > 1:
-                kl_mini = _mini_batch_kl(model, rows, micro, g_tokens, temperature, device,
-                                         autocast_dtype)
+            if objective.needs_mini_batch_kl and (rows.old_logp is not None or not n) and \
+                    (len(micro) > 1 or comm.distributed):
+                kl_mini = _mini_batch_kl(model, rows, steps, g_tokens, temperature, device,
+                                         autocast_dtype, comm)
             finite = True
             sums = dict.fromkeys(("actor/pg_loss", "actor/kl", "actor/entropy",
                                   *objective.summed_metrics), 0.0)
-            for idx in micro:
+            for idx in steps:
+                if idx is None:                       # FSDP2 filler: join the collectives
+                    _join_collectives(model, device, temperature, autocast_dtype)
+                    continue
                 mb = gather(rows, idx, device, objective.row_inputs)
                 mask = mb["response_mask"].bool()
                 logp, entropy = response_logprobs(
@@ -279,8 +285,12 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
                     sums["actor/entropy"] += float(ent.detach())
                 if not torch.isfinite(total):
                     finite = False
-                    break
-                total.backward()
+                    if not comm.distributed:
+                        break
+                    if comm.lockstep:                 # FSDP2: the backward is a collective
+                        (total * comm.world_size).backward()
+                    continue                          # the step is skipped on every rank
+                (total * comm.world_size if comm.lockstep else total).backward()
                 done += 1
                 if on_micro_batch is not None:
                     on_micro_batch(done, n_micro)
@@ -291,7 +301,12 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
                     else:
                         logged.add(key, float(value))
             grad_norm = float("nan")
+            if comm.distributed:
+                finite = bool(comm.min(torch.tensor([float(finite)]))[0] > 0)
+                sums = dict(zip(sums, comm.sum_floats(list(sums.values())), strict=True))
             if finite:
+                if not comm.lockstep:
+                    all_reduce_gradients(model.parameters(), comm)
                 params = [p for p in model.parameters() if p.grad is not None]
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(
                     params, grad_clip if grad_clip is not None else float("inf")))
@@ -307,9 +322,10 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
                 if (key != "actor/kl" or kl_coef > 0) and (key != "actor/entropy" or with_entropy):
                     logged.add(key, value)
     optimizer.zero_grad(set_to_none=True)
-    out = logged.result()
+    out = _rank_mean(logged.result(), comm)
     out["train/skipped_updates"] = float(skipped)
     out["actor/updates"] = float(updates)
+    gap = comm.sum_floats(gap) if comm.distributed else gap
     if gap[1]:
         out["actor/sampler_logp_gap"] = gap[0] / gap[1]
     out["actor/lr"] = float(optimizer.param_groups[0]["lr"])

@@ -203,7 +203,8 @@ def resume_checkpoint(run_dir: str | Path, *, model: torch.nn.Module,
                       optimizer: torch.optim.Optimizer | None = None,
                       scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                       generators: Mapping[str, Generatorish] | None = None,
-                      echo: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+                      echo: Callable[[str], None] | None = None,
+                      load_state: Any = None) -> dict[str, Any] | None:
     """Load the newest intact checkpoint of ``run_dir`` into the objects passed in
     (:func:`~grouprl.train.checkpoint.load_checkpoint`) and return its info
     (``iteration``, ``state``, ``config``, ``path``, ``metrics``); None when there is none.
@@ -225,7 +226,7 @@ def resume_checkpoint(run_dir: str | Path, *, model: torch.nn.Module,
             continue
         try:
             return load_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler,
-                                   generators=generators)
+                                   generators=generators, load_state=load_state)
         except CheckpointError as err:
             say(f"warning: checkpoint {path.name} is damaged: {err}; {following}")
     if candidates:
@@ -282,19 +283,22 @@ class ResumePoint:
     iteration: int = 0
     state: dict[str, Any] = field(default_factory=dict)
     before: Mapping[str, Any] | None = None
+    rank_rng: list[Any] | None = None
+    """Data parallel: the RNG states of ranks 1 … W−1 saved with the checkpoint."""
 
 
 def resume_run(run_dir: str | Path, logger: MetricsLogger, score_key: str, *,
                model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-               generators: Mapping[str, Any], echo: Callable[[str], None] | None = None
-               ) -> ResumePoint:
+               generators: Mapping[str, Any], echo: Callable[[str], None] | None = None,
+               load_state: Any = None) -> ResumePoint:
     """Restore the newest intact checkpoint (:func:`resume_checkpoint`) and make the metrics
     history match it (:func:`resume_metrics`); ``score_key`` names the pre-training evaluation's
     score (``eval/success_rate``, ``eval/reward_accuracy``)."""
     info = resume_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                             generators=generators, echo=echo)
+                             generators=generators, echo=echo, load_state=load_state)
     kept = resume_metrics(logger, info, echo)
     if info is None:
         return ResumePoint(before=iteration0_record(kept, score_key))
     _echo(echo)(f"resumed from {info['path']} at iteration {int(info['iteration'])}")
-    return ResumePoint(int(info["iteration"]), dict(info["state"]))
+    return ResumePoint(int(info["iteration"]), dict(info["state"]),
+                       rank_rng=info.get("rank_rng"))

@@ -26,6 +26,7 @@ from grouprl.advantages.segments import segment_stats
 from grouprl.agent.prompts import PromptTemplate
 from grouprl.agent.rollout import collect_rollouts
 from grouprl.batch import Rollout, concat_rollouts, select_groups
+from grouprl.distributed import LOCAL, Comm, shard_bounds
 from grouprl.envs import EnvPool, make_env
 from grouprl.envs.pool import isolate_native_calls
 from grouprl.rewards.length import predictive_oversampling_factor
@@ -164,9 +165,10 @@ class Sampler:
     """Rollouts of a run: env pools, generation, the reward stage and dynamic sampling."""
 
     def __init__(self, cfg: TrainConfig, generate_fn: Callable, template: PromptTemplate,
-                 tokenizer: Any) -> None:
+                 tokenizer: Any, comm: Comm = LOCAL) -> None:
         self.cfg, self.generate_fn, self.template, self.tokenizer = \
             cfg, generate_fn, template, tokenizer
+        self.comm = comm
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stage, self._probe = make_reward_stage(cfg, tokenizer)
         self.oversampling = oversampling_options(cfg.rollout.oversampling)
@@ -178,10 +180,13 @@ class Sampler:
                                                 step_timeout=e.step_timeout,
                                                 num_workers=e.num_workers,
                                                 max_failed_fraction=e.max_failed_fraction))
-        self.pools.get(cfg.rollout.groups_per_batch * cfg.rollout.group_size)
+        lo, hi = shard_bounds(cfg.rollout.groups_per_batch, comm.world_size, comm.rank)
+        self.pools.get((hi - lo) * cfg.rollout.group_size)
 
-    def _collect(self, seeds: list[int], attempt: int = 0) -> Rollout:
+    def _collect(self, seeds: list[int], attempt: int = 0, first: int = 0) -> Rollout:
+        """Groups ``seeds`` (the ``first``-th task on: its group id, so ids are global)."""
         cfg, ro = self.cfg, self.cfg.rollout
+        offset = attempt * 1_000_000 + first
         return collect_rollouts(
             self.pools.get(len(seeds) * ro.group_size), self.generate_fn,
             template=self.template, task_seeds=seeds, group_size=ro.group_size,
@@ -189,8 +194,7 @@ class Sampler:
             action_tag=cfg.agent.action_tag, allow_plain=cfg.agent.allow_plain,
             raw_action=raw_action(cfg), tokenizer=self.tokenizer,
             use_chat_template=cfg.agent.use_chat_template, pad_token_id=self.pad_id,
-            group_offset=attempt * 1_000_000,
-            traj_offset=attempt * 1_000_000 * ro.group_size, vocabulary=self.vocabulary)
+            group_offset=offset, traj_offset=offset * ro.group_size, vocabulary=self.vocabulary)
 
     def refresh_reward_targets(self, it: int) -> dict[str, float]:
         """Reward shapers whose targets come from a monitor rollout (LASER-D/DE, spec §A4)
@@ -199,8 +203,16 @@ class Sampler:
         if not prompts:
             return {}
         seeds = task_seeds(self.cfg.seed, MONITOR_ITERATION, prompts, self.cfg.eval.seed_offset)
-        self.pools.new_window()
-        return self.stage.update_targets(self._collect(seeds), it)
+
+        def monitor() -> dict[str, float]:       # data parallel: rank 0's targets for all
+            self.pools.new_window()
+            return self.stage.update_targets(self._collect(seeds), it)
+
+        if not self.comm.distributed:
+            return monitor()
+        metrics = monitor() if self.comm.is_main else {}
+        self.stage.load_state_dict(self.comm.broadcast(self.stage.state_dict()))
+        return metrics
 
     def rollout(self, it: int) -> tuple[Rollout, dict[str, float]]:
         """The rows of iteration ``it`` (module docstring) and sampling metrics, among them
@@ -213,7 +225,12 @@ class Sampler:
         return r, metrics
 
     def _rollout(self, it: int) -> tuple[Rollout, dict[str, float]]:
-        ro = self.cfg.rollout
+        """This rank's share: task seeds are drawn for the whole batch (the same on every rank)
+        and each rank rolls out its contiguous block of whole groups (spec-scale-out §2); with
+        dynamic sampling each rank fills its own quota of ``groups_per_batch``."""
+        ro, comm = self.cfg.rollout, self.comm
+        q_lo, q_hi = shard_bounds(ro.groups_per_batch, comm.world_size, comm.rank)
+        quota = q_hi - q_lo
         kept: list[Rollout] = []
         n_kept = tries = 0
         extra: dict[str, float] = {}
@@ -228,24 +245,25 @@ class Sampler:
                 n_tasks = int(np.ceil(ro.groups_per_batch * f))
                 extra["train/oversampling_factor"] = float(f)
             seeds = task_seeds(self.cfg.seed, it, n_tasks, self.cfg.eval.seed_offset, attempt)
-            r = self._collect(seeds, attempt)
+            lo, hi = shard_bounds(len(seeds), comm.world_size, comm.rank)
+            r = self._collect(seeds[lo:hi], attempt, lo)
             if self.stage is not None:
                 r, m = self.stage.apply(r, it)
                 shaped.append(m)
             if not ro.dynamic_sampling:
                 return r, {"train/sample_batches": 1.0, **extra, **_mean_metrics(shaped)}
             varied = informative_groups(r.episode_group, r.episode_return)
-            if attempt == 0:
-                total = int(torch.unique(r.episode_group).numel())
-                self.pass_rates.append(varied.numel() / max(total, 1))
-            if attempt == ro.max_sample_batches - 1 and n_kept + varied.numel() < \
-                    ro.groups_per_batch:
+            if attempt == 0:                                   # over every rank's groups
+                informative, total = comm.sum_floats(
+                    [varied.numel(), torch.unique(r.episode_group).numel()])
+                self.pass_rates.append(informative / max(total, 1))
+            if attempt == ro.max_sample_batches - 1 and n_kept + varied.numel() < quota:
                 varied = torch.unique(r.episode_group)         # the last try keeps everything
-            varied = varied[:ro.groups_per_batch - n_kept]
+            varied = varied[:quota - n_kept]
             if varied.numel():
                 kept.append(select_groups(r, varied))
                 n_kept += int(varied.numel())
-            if n_kept >= ro.groups_per_batch:
+            if n_kept >= quota:
                 break
         extra.update(_mean_metrics(shaped))
         if self.oversampling is not None and self.pass_rates:

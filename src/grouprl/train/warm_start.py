@@ -21,14 +21,17 @@ from typing import Any
 import torch
 
 from grouprl.agent.prompts import PromptTemplate, apply_chat_template
+from grouprl.distributed import Comm
 from grouprl.envs import make_env
 from grouprl.envs.registry import resolve_factory
 from grouprl.train.bc import ExpertSample, clone_behaviour, expert_samples
-from grouprl.train.config import TrainConfig
+from grouprl.train.checks import check_resources
+from grouprl.train.config import TrainConfig, config_to_dict
 from grouprl.train.metrics import MetricsLogger
+from grouprl.train.parallel import NullLogger
 from grouprl.train.sampling import task_seeds
 from grouprl.train.saved_model import has_saved_model, model_dir_record, save_model_dir_atomically
-from grouprl.train.setup import WARM_START_DIR, TinyCorpus
+from grouprl.train.setup import WARM_START_DIR, TinyCorpus, load_or_build_policy
 
 __all__ = ["env_corpus", "behaviour_cloning", "pairs_corpus", "sft_on_chosen",
            "TINY_SPECIAL_TOKENS", "TINY_ISOLATE_CHARS"]
@@ -139,3 +142,25 @@ def sft_on_chosen(cfg: TrainConfig, model: torch.nn.Module, tok: Any, pairs: Seq
          "start is the reference model")
     logger.log(0, {"sft/loss_first": losses[0], "sft/loss_last": losses[-1],
                    "sft/updates": float(len(losses)), "timing/sft_s": time.perf_counter() - t0})
+
+
+def starting_policy(cfg: TrainConfig, template: PromptTemplate, run_dir: Path,
+                    device: torch.device, comm: Comm,
+                    echo: Callable[[str], None]) -> tuple[torch.nn.Module, Any, Any]:
+    """``(model, tokenizer, logger)`` an RL run starts from: the saved warm start, else
+    ``model.path`` or the tiny model (built and saved), behaviour-cloned when ``bc.enabled``
+    (saved); checked against the rollout's memory needs. The metrics logger is rank 0's
+    (:class:`~grouprl.train.parallel.NullLogger` elsewhere). Data parallel: rank 0 builds and
+    saves first, the other ranks then load what it saved (:meth:`Comm.main_first`)."""
+
+    def build() -> tuple[torch.nn.Module, Any, Any]:
+        model, tok = load_or_build_policy(cfg, run_dir, lambda: env_corpus(cfg, template), echo)
+        model.to(device)
+        check_resources(cfg, model, tok, template)   # refuse a rollout that cannot fit memory
+        logger = MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard,
+                               wandb=cfg.logging.wandb, wandb_project=cfg.logging.wandb_project,
+                               config=config_to_dict(cfg)) if comm.is_main else NullLogger()
+        behaviour_cloning(cfg, model, tok, template, run_dir, logger, echo)
+        return model, tok, logger
+
+    return comm.main_first(build)
