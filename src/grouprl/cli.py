@@ -33,7 +33,7 @@ from grouprl.advantages import RolloutBatch, available_estimators, compute_advan
 from grouprl.data import read_records
 from grouprl.distributed import is_main_process, launched_by_torchrun
 from grouprl.distributed import shutdown as shutdown_distributed
-from grouprl.distributed.launch import relaunch_under_torchrun
+from grouprl.distributed.launch import run_under_torchrun
 from grouprl.envs.pool import EnvFault
 from grouprl.recipes import train
 from grouprl.train import ConfigError, load_config, load_run_config, load_trained_policy
@@ -42,6 +42,8 @@ from grouprl.train.config import TrainConfig, config_reference, dump_config, for
 from grouprl.train.evaluate import evaluate_run
 from grouprl.train.pair_data import validate_preference_config
 from grouprl.train.plot import plot_run
+from grouprl.train.presafe_data import check_presafe_config
+from grouprl.train.presafe_eval import evaluate_run_safety
 from grouprl.train.run import resume_config
 from grouprl.validation import UserError
 
@@ -156,7 +158,8 @@ def _split_config(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 CONFIG_CHECKS = {"rl": check_rl_config, "multiagent": check_rl_config,
-                 "preference": validate_preference_config, "phgpo": check_phgpo_config}
+                 "preference": validate_preference_config, "phgpo": check_phgpo_config,
+                 "presafe": check_presafe_config}
 """The checks each recipe runs before any work (``check_rl_config`` hands a multi-agent config
 to ``check_multiagent_config``)."""
 
@@ -184,8 +187,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.nproc is not None and not launched_by_torchrun():
         if args.nproc < 1:
             raise ConfigError(f"--nproc: {args.nproc} processes; give at least 1")
-        if args.nproc > 1:
-            relaunch_under_torchrun(args.nproc, sys.argv[1:])   # does not return
+        if args.nproc > 1:                      # the same command, under torchrun
+            return run_under_torchrun(args.nproc, args.argv)
     config, overrides = _split_config(args.args)
     if args.resume:
         if config is not None:
@@ -216,6 +219,10 @@ def _train(args: argparse.Namespace) -> int:
         summary = {"run_dir": str(result.run_dir), "steps": result.iterations,
                    "heldout_reward_accuracy_before": result.success_before,
                    "heldout_reward_accuracy_after": result.success_after}
+    elif cfg.mode == "presafe":
+        summary = {"run_dir": str(result.run_dir), "steps": result.iterations,
+                   "heldout_asr_proxy_before": result.success_before,
+                   "heldout_asr_proxy_after": result.success_after}
     else:
         summary = {"run_dir": str(result.run_dir), "iterations": result.iterations,
                    "success_before_rl": result.success_before,
@@ -231,10 +238,16 @@ EVAL_KEYS = {"preference": "eval/reward_accuracy", "multiagent": "val/avg@k, val
 def _eval(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.run_dir, args.overrides,  # eval.*, env.* … overrides
                           trusted=args.trust_run)
+    if args.safety or cfg.mode == "presafe":      # held-out ASR proxy, over-refusal, accuracy
+        _, model, tok, _, iteration = load_trained_policy(args.run_dir, args.checkpoint,
+                                                          trusted=args.trust_run)
+        print(json.dumps({"iteration": iteration, **evaluate_run_safety(cfg, model, tok)}))
+        return 0
     if cfg.mode != "rl":
         raise ConfigError(f"mode: grouprl eval evaluates mode-rl runs in their env; a "
                           f"{cfg.mode} run logs its held-out metrics ({EVAL_KEYS[cfg.mode]}) in "
-                          "metrics.jsonl during training (grouprl plot RUN_DIR)")
+                          "metrics.jsonl during training (grouprl plot RUN_DIR); --safety "
+                          "evaluates any run's policy on held-out safety prompts")
     _, model, tok, template, iteration = load_trained_policy(args.run_dir, args.checkpoint,
                                                              trusted=args.trust_run)
     metrics = evaluate_run(cfg, model, tok, template)
@@ -295,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="allow the run's config.json to import an env class or set "
                      "model.trust_remote_code")
     evp.add_argument("--checkpoint", help="a checkpoint directory (default: the latest)")
+    evp.add_argument("--safety", action="store_true",
+                     help="the safety evaluation (docs/safety.md): ASR proxy on held-out "
+                     "harmful prompts, over-refusal and accuracy on arithmetic (presafe.* "
+                     "overrides choose the data); the default for a mode-presafe run")
     evp.set_defaults(func=_eval)
     pl = command("plot", help="PNG of success, return, loss, KL and entropy of a run")
     pl.add_argument("run_dir")
@@ -312,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--quick", action="store_true")
     bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # --nproc relaunches it
     with warnings.catch_warnings():
         warnings.showwarning = _warning_line
         try:

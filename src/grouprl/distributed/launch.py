@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 
-__all__ = ["torchrun_command", "relaunch_under_torchrun", "strip_nproc"]
+__all__ = ["torchrun_command", "run_under_torchrun", "strip_nproc"]
 
 
 def strip_nproc(argv: Sequence[str]) -> list[str]:
@@ -30,11 +31,14 @@ def torchrun_command(nproc: int, grouprl_argv: Sequence[str]) -> list[str]:
             f"--nproc_per_node={nproc}", "-m", "grouprl", *grouprl_argv]
 
 
-def relaunch_under_torchrun(nproc: int, grouprl_argv: Sequence[str]) -> None:
-    """Replace this process by torchrun running ``grouprl ARGV`` on ``nproc`` processes (one
-    intra-op thread each unless ``OMP_NUM_THREADS`` is set)."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    cmd = torchrun_command(nproc, strip_nproc(grouprl_argv))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(cmd[0], cmd)
+def run_under_torchrun(nproc: int, grouprl_argv: Sequence[str]) -> int:
+    """Run ``grouprl ARGV`` under torchrun on ``nproc`` processes and return its exit code (one
+    intra-op thread per process unless ``OMP_NUM_THREADS`` is set). Ctrl-C reaches torchrun
+    too (same process group); this process waits for it to stop its workers."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.Popen(torchrun_command(nproc, strip_nproc(grouprl_argv)), env=env)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            continue
