@@ -3,13 +3,19 @@
 Every rank builds the same tiny policy and the same rows (whole groups, shared unevenly: rank 0
 owns groups [0, 3), rank 1 groups [3, 5)); the data-parallel learner (replicated or FSDP2)
 updates on its share; rank 0 replays the same update in one process on all rows, from a copy
-of the initial weights, with the unchanged ``update_policy``, and writes the differences."""
+of the initial weights, with the unchanged ``update_policy``, and writes the differences.
+
+``--device cuda`` (benchmarks/gpu_check.sh): the same, with the model built and the rows made on
+the CPU as before, then the model moved to ``cuda:LOCAL_RANK`` (NCCL between ranks); the rows stay
+on the CPU, as the trainer keeps them (the learner moves each micro-batch to the model's
+device)."""
 
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import os
 import sys
 
 import torch
@@ -57,20 +63,23 @@ def run(model, rows, loss, *, iterations, comm=None):
     return logs, opt
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--mode", choices=("replicated", "fsdp2"), required=True)
     p.add_argument("--loss", default="ppo")
     p.add_argument("--out", required=True)
     p.add_argument("--iterations", type=int, default=2)
-    args = p.parse_args()
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
-    comm = init_distributed("cpu", lockstep=args.mode == "fsdp2")
+    comm = init_distributed(args.device, lockstep=args.mode == "fsdp2")
     corpus = [f"question {i} answer {i * 7 % 13} think step {i % 5}" for i in range(60)]
     model, _ = build_tiny_policy(corpus, vocab_size=300, seed=0, hidden_size=32, num_layers=2,
                                  num_heads=2, num_kv_heads=1, intermediate_size=64,
                                  dtype=torch.float64)
     rows = make_rows(model, model.config.vocab_size)
+    if args.device == "cuda":
+        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
     reference = copy.deepcopy(model)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     lo, hi = shard_bounds(len(SIZES), comm.world_size, comm.rank)
@@ -87,14 +96,15 @@ def main() -> int:
     if comm.is_main:
         ref_logs, _ = run(reference, rows, args.loss, iterations=args.iterations)
         ref = reference.state_dict()
-        moved = max(float((ref[k] - initial[k]).abs().max()) for k in ref)
-        diff = max(float((ref[k] - params[k]).abs().max()) for k in ref)
+        moved = max(float((ref[k].cpu() - initial[k].cpu()).abs().max()) for k in ref)
+        diff = max(float((ref[k].cpu() - params[k].cpu()).abs().max()) for k in ref)
         keys = ("actor/pg_loss", "actor/grad_norm", "actor/entropy")
         result = {"max_param_diff": diff, "moved": moved,
                   "dp": [{k: m.get(k) for k in keys} for m in logs],
                   "one": [{k: m.get(k) for k in keys} for m in ref_logs],
                   "updates": [m["actor/updates"] for m in logs],
-                  "rows": [len(local), len(rows)]}
+                  "rows": [len(local), len(rows)],
+                  "device": str(next(model.parameters()).device)}
         with open(args.out, "w") as f:
             json.dump(result, f)
     comm.barrier()

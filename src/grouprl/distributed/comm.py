@@ -5,8 +5,8 @@ whose collectives are the identity, so components never branch on whether they r
 ``Comm.sum(t)`` is ``all_reduce(t, SUM)`` (in place, returned); ``max``/``min`` likewise;
 ``gather(obj)`` is ``all_gather_object`` (a list indexed by rank); ``main_first(fn)`` runs ``fn``
 on rank 0, then on the other ranks (files rank 0 writes — a tiny model's base, a warm start —
-are then loaded, not rebuilt), and re-raises rank 0's exception on every rank instead of leaving
-them waiting in a collective.
+are then loaded, not rebuilt), and returns on every rank only when all have run it; an exception
+on any rank is raised on every rank instead of leaving them waiting in a collective.
 """
 
 from __future__ import annotations
@@ -145,7 +145,16 @@ class ProcessGroupComm(Comm):
         failed = self.broadcast(error if error is None else _portable(error))
         if failed is not None:
             raise (error if error is not None else failed)
-        return result if self.is_main else fn()
+        if not self.is_main:                       # then the others, while rank 0 waits
+            try:
+                result = fn()
+            except BaseException as exc:  # noqa: BLE001 — reported to every rank below
+                error = exc
+        bad = [r for r, flag in enumerate(self.gather(error is not None)) if flag]
+        if bad:
+            raise error if error is not None else RuntimeError(
+                f"rank {bad[0]} failed (see its log); every rank stops")
+        return result
 
 
 def _portable(exc: BaseException) -> BaseException:

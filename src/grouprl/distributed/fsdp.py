@@ -75,9 +75,9 @@ def gathered(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     try:
         yield model
     finally:
-        for u in units:
-            u.reshard()
-            u.set_reshard_after_forward(True)
+        for u in units:          # back to FSDP2's defaults: the root stays gathered between
+            u.reshard()          # forward and backward (it is all-gathered again at once)
+            u.set_reshard_after_forward(u is not model)
 
 
 def _options(**kwargs: Any) -> StateDictOptions:

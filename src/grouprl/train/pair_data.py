@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from grouprl.agent.prompts import apply_chat_template
 from grouprl.data import DataWarning, load_pairs, split_holdout
+from grouprl.distributed import launched_by_torchrun
 from grouprl.losses.preference import (
     PREFERENCE_LOSSES,
     canonical_preference_loss,
@@ -147,7 +148,8 @@ def loss_normalizes(loss: str, options: Mapping[str, Any]) -> bool:
 
 
 def validate_preference_config(cfg: TrainConfig) -> str:
-    """Checks of the ``preference`` section done before any work; the canonical loss name."""
+    """Checks of the ``preference`` section done before any work; the canonical loss name.
+    Under ``torchrun`` the model must be replicated (``distributed.model_sharding``)."""
     pc = cfg.preference
     try:
         loss = canonical_preference_loss(pc.loss)
@@ -174,6 +176,11 @@ def validate_preference_config(cfg: TrainConfig) -> str:
     if pc.micro_batch_size > pc.batch_size:
         raise ConfigError(f"preference.micro_batch_size: {pc.micro_batch_size} must be <= "
                           f"preference.batch_size ({pc.batch_size})")
+    if launched_by_torchrun() and cfg.distributed.model_sharding != "replicated":
+        raise ConfigError(f"distributed.model_sharding: {cfg.distributed.model_sharding} is not "
+                          "supported by mode: preference (data parallel with a replicated model "
+                          "only); set it to 'replicated' (with model.lora.enabled for a model "
+                          "whose optimizer state does not fit one device)")
     check_model_config(cfg)
     return loss
 

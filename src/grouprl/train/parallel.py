@@ -114,7 +114,8 @@ class ParallelModel:
                            scheduler=scheduler, generators=generators, echo=echo,
                            load_state=self.load_state(model, optimizer))
         if point.state:
-            restore_rank_rng(self.comm, point.rank_rng, {"sampling": generators["sampling"]},
+            per_rank = {k: g for k, g in generators.items() if k == "sampling"}  # own streams
+            restore_rank_rng(self.comm, point.rank_rng, per_rank,
                              seed=seed, iteration=point.iteration, echo=_stderr)
         return point
 
