@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from grouprl.distributed import launched_by_torchrun
 from grouprl.policy.builtin import check_model_path, is_model_spec
 from grouprl.train.config import ConfigError, TrainConfig
 from grouprl.train.setup import resolve_device
@@ -24,13 +25,17 @@ __all__ = ["check_multiagent_config"]
 def check_multiagent_config(cfg: TrainConfig) -> Team:
     """``multiagent.*`` (:func:`grouprl.train.team_config.build_team`: agents, overrides, model
     groups, orchestra, task, advantage options), each group's loss options, the device and every
-    model path in use; the recipe has no reference model or LoRA. Returns the team."""
+    model path in use; the recipe has no reference model or LoRA, and under torchrun its models
+are replicated (not FSDP2). Returns the team."""
     if cfg.algorithm.kl_coef > 0:
         raise ConfigError("algorithm.kl_coef: the multiagent recipe has no reference model "
                           "(Dr. MAS trains without a KL term); set algorithm.kl_coef=0")
     if cfg.model.lora.enabled:
         raise ConfigError("model.lora.enabled: the multiagent recipe trains full models; set "
                           "model.lora.enabled=false")
+    if cfg.distributed.model_sharding == "fsdp2" and launched_by_torchrun():
+        raise ConfigError("distributed.model_sharding: the multiagent recipe replicates its "
+                          "models (one per group); set distributed.model_sharding=replicated")
     resolve_device(cfg.model.device)
     team = build_team(cfg)
     team_objectives(cfg, team)

@@ -13,10 +13,16 @@ re-tokenisation, and each group's tokens come from its own tokenizer.
 :func:`group_rollout` gathers one model group's rows into the learner's
 :class:`grouprl.batch.Rollout` (left-padded prompts, right-padded responses, sampling log-probs,
 advantages), so :func:`grouprl.train.learner.update_policy` trains it unchanged.
+
+Data parallel (docs/distributed.md): rank r rolls out its contiguous block ``[lo_r, hi_r)`` of
+the iteration's tasks (``first_group=lo_r``: group ids ``lo_r + j`` and trajectory ids
+``(lo_r + j)·n + i`` stay global, as in one process on all tasks); :func:`evaluate_team`
+shards the held-out tasks the same way and reduces pass@k / avg@k over every rank's tasks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +30,7 @@ from typing import Any
 import torch
 
 from grouprl.batch import Rollout
+from grouprl.distributed import LOCAL, Comm, shard_bounds
 from grouprl.multiagent import (
     AgentRow,
     AgentSpec,
@@ -31,7 +38,6 @@ from grouprl.multiagent import (
     TeamRollout,
     collect_team_rollouts,
     episode_successes,
-    invalid_rates,
     pass_and_avg_at_k,
     to_batch,
 )
@@ -102,16 +108,25 @@ class TeamGenerator:
 
 
 def team_rollout(team: Team, generator: TeamGenerator, seeds: Sequence[int], group_size: int,
-                 make_env: Any = None) -> tuple[TeamRollout, list[TokenRecord]]:
-    """One batch of team episodes and the token record of every row (aligned by index)."""
+                 make_env: Any = None, first_group: int = 0
+                 ) -> tuple[TeamRollout, list[TokenRecord]]:
+    """One batch of team episodes and the token record of every row (aligned by index);
+    ``first_group``: the group id of ``seeds[0]`` (a rank's first task; module docstring)."""
     generator.take()
+    if not seeds:                     # a rank without tasks (fewer held-out tasks than ranks)
+        return TeamRollout([], []), []
     with torch.no_grad():
         roll = collect_team_rollouts(make_env or team.make_env, team.orchestra, generator, seeds,
-                                     group_size, team.max_steps, group_of=team.groups.group_of)
+                                     group_size, team.max_steps, group_of=team.groups.group_of,
+                                     first_traj_id=first_group * group_size)
     records = generator.take()
     if len(records) != len(roll.rows):
         raise RuntimeError(f"team rollout: {len(records)} token records for {len(roll.rows)} "
                            "rows; an orchestra must call agents only through team.call")
+    if first_group:
+        roll = TeamRollout(
+            [dataclasses.replace(r, group_id=r.group_id + first_group) for r in roll.rows],
+            [dataclasses.replace(e, group_id=e.group_id + first_group) for e in roll.episodes])
     return roll, records
 
 
@@ -130,9 +145,11 @@ def records_for(rows: Sequence[AgentRow], originals: Sequence[AgentRow],
 def group_rollout(rows: Sequence[AgentRow], records: Sequence[TokenRecord],
                   episodes: Sequence[Episode], advantages: torch.Tensor,
                   index: Sequence[int], pad_id: int) -> Rollout:
-    """The learner's :class:`Rollout` of rows ``index`` (one model group)."""
+    """The learner's :class:`Rollout` of rows ``index`` (one model group); empty ``index``:
+    a rank's empty share (data parallel), zero rows."""
     recs = [records[i] for i in index]
-    prompt_ids, prompt_mask = left_pad([r.prompt_ids for r in recs], pad_id)
+    prompt_ids, prompt_mask = left_pad([r.prompt_ids for r in recs], pad_id) if recs else \
+        (torch.zeros((0, 1), dtype=torch.long), torch.zeros((0, 1), dtype=torch.long))
     width = max(max((len(r.response_ids) for r in recs), default=0), 1)
     response_ids = torch.full((len(recs), width), pad_id, dtype=torch.long)
     response_mask = torch.zeros((len(recs), width), dtype=torch.long)
@@ -150,23 +167,41 @@ def group_rollout(rows: Sequence[AgentRow], records: Sequence[TokenRecord],
                    advantages=advantages[list(index)].float())
 
 
-def evaluate_team(cfg: TrainConfig, team: Team, policies: Policies) -> dict[str, float]:
+def evaluate_team(cfg: TrainConfig, team: Team, policies: Policies, comm: Comm = LOCAL
+                  ) -> dict[str, float]:
     """``val/pass@k``, ``val/avg@k`` (k = ``multiagent.eval_k`` runs of each of
     ``eval.episodes`` held-out tasks at ``eval.temperature``), ``val/reward_mean`` and
     ``val/invalid_rate``; its own generators (same weights → same numbers; the training RNG is
-    untouched)."""
+    untouched). Data parallel: each rank runs its block of the tasks (generators offset by the
+    block's first task; rank 0 keeps the one-process streams) and the per-task successes, the
+    rewards and the invalid counts of every rank are gathered (every rank calls)."""
+    lo, hi = shard_bounds(cfg.eval.episodes, comm.world_size, comm.rank)
     gens = {name: torch.Generator(device=next(m.parameters()).device)
-            .manual_seed(cfg.seed * 1_000_003 + 17 + k)
+            .manual_seed(cfg.seed * 1_000_003 + 17 + k + 7_919 * lo)
             for k, (name, (m, _)) in enumerate(policies.items())}
     generator = TeamGenerator(cfg, team, policies, gens, temperature=cfg.eval.temperature)
     was = {name: m.training for name, (m, _) in policies.items()}
-    roll, _ = team_rollout(team, generator, eval_seeds(cfg.eval.episodes, cfg.eval.seed_offset),
-                           cfg.multiagent.eval_k, team.make_eval_env)
+    roll, _ = team_rollout(team, generator,
+                           eval_seeds(cfg.eval.episodes, cfg.eval.seed_offset)[lo:hi],
+                           cfg.multiagent.eval_k, team.make_eval_env, first_group=lo)
     for name, (m, _) in policies.items():
         m.train(was[name])
-    k = pass_and_avg_at_k(episode_successes(roll.episodes))
-    rates = invalid_rates(roll.rows)
+    invalid: dict[str, list[int]] = {}
+    for r in roll.rows:
+        count = invalid.setdefault(r.agent, [0, 0])
+        count[0] += not r.valid
+        count[1] += 1
+    part = (episode_successes(roll.episodes), [e.reward for e in roll.episodes], invalid)
+    parts = comm.gather(part) if comm.distributed else [part]
+    successes = {g: s for p in parts for g, s in p[0].items()}
+    rewards = [x for p in parts for x in p[1]]
+    k = pass_and_avg_at_k(successes)
     out = {"val/pass@k": k["pass@k"], "val/avg@k": k["avg@k"], "val/k": k["k"],
-           "val/reward_mean": sum(e.reward for e in roll.episodes) / len(roll.episodes)}
-    out.update({f"val/agent/{a}/invalid_rate": v for a, v in rates.items()})
+           "val/reward_mean": sum(rewards) / len(rewards)}
+    totals: dict[str, list[int]] = {}
+    for p in parts:                   # invalid_rates over every rank's rows
+        for agent, (bad, total) in p[2].items():
+            t = totals.setdefault(agent, [0, 0])
+            t[0], t[1] = t[0] + bad, t[1] + total
+    out.update({f"val/agent/{a}/invalid_rate": bad / total for a, (bad, total) in totals.items()})
     return out

@@ -23,6 +23,23 @@ Metrics (:func:`team_metrics`), per agent ``a``: ``agent/a/rows``, ``invalid_rat
 ``episode/length``, ``train/success_rate``, ``train/rows``, ``train/duplicate_rows``, and the
 task's verdict rate (``math/approve_rate`` or ``search/answer_rate``: share of Verifier verdicts
 that end refinement / route to Answer; unparsable verdicts count as the orchestra's default).
+
+Data parallel (``comm``; docs/distributed.md), each rank holding the rows of its block of whole
+task groups:
+
+- advantages stay local: every baseline's statistics are per task group (and agent), so a rank
+  computes on its rows exactly what one process computes on all. The reference padding is not
+  local (``(−n_w) mod d`` duplicates of the *global* count ``n_w``, drawn from all of group w's
+  rows), so with ``pad_divisor > 1`` every rank gathers every rank's rows and episodes, pads and
+  computes on the concatenation (rank order) as one process would, and keeps the rows (original
+  and duplicate) of its own task groups;
+- the step count of group g is taken from its *global* row count ``Σ_r n_{g,r}`` (one
+  all-reduce for all groups), so every rank takes the same ``update_num`` steps, a rank with no
+  row of g included (it joins the learner's collectives with an empty share);
+  :func:`~grouprl.train.learner.update_policy` then uses global normalisers, a global mini-batch
+  permutation and the gradient all-reduce (:func:`update_groups`);
+- :func:`reduce_team_metrics`: row and duplicate counts summed, rates weighted by their counts,
+  the update's metrics (already global) taken as they are, times the slowest rank's.
 """
 
 from __future__ import annotations
@@ -33,6 +50,7 @@ from typing import Any
 
 import torch
 
+from grouprl.distributed import LOCAL, Comm
 from grouprl.losses.objective import make_objective
 from grouprl.multiagent import (
     Episode,
@@ -50,7 +68,8 @@ from grouprl.train.team_config import Team
 from grouprl.train.team_models import Policies, TeamOptimizer
 from grouprl.train.team_rollout import TokenRecord, group_rollout, records_for
 
-__all__ = ["team_objectives", "advantages_of", "update_groups", "team_metrics"]
+__all__ = ["team_objectives", "advantages_of", "update_groups", "team_metrics",
+           "reduce_team_metrics"]
 
 UPDATE_METRICS = {"actor/pg_loss": "loss", "actor/grad_norm": "grad_norm",
                   "actor/clipfrac": "clip_fraction", "actor/entropy": "entropy",
@@ -78,26 +97,40 @@ def team_objectives(cfg: TrainConfig, team: Team) -> dict[str, Any]:
 
 
 def advantages_of(team: Team, rows: Sequence[Any], episodes: Sequence[Episode],
-                  iteration: int) -> TeamAdvantages:
+                  iteration: int, comm: Comm = LOCAL) -> TeamAdvantages:
     """:func:`grouprl.multiagent.team_advantages` on the combined batch; the reference
-    padding's seed moves with the iteration."""
+    padding's seed moves with the iteration. Data parallel with reference padding: on every
+    rank's rows, this rank's task groups kept (module docstring)."""
     options = dataclasses.replace(team.advantage,
                                   pad_seed=team.advantage.pad_seed * 1_000 + iteration)
-    return team_advantages(rows, episodes, options)
+    if not (comm.distributed and options.compat == "reference" and options.pad_divisor > 1):
+        return team_advantages(rows, episodes, options)
+    parts = comm.gather((list(rows), list(episodes)))
+    res = team_advantages([r for p in parts for r in p[0]], [e for p in parts for e in p[1]],
+                          options)
+    own = {e.group_id for e in episodes}
+    keep = [i for i, r in enumerate(res.rows) if r.group_id in own]   # originals first
+    return TeamAdvantages([res.rows[i] for i in keep], res.advantages[keep])
 
 
 def update_groups(cfg: TrainConfig, team: Team, policies: Policies, optimizer: TeamOptimizer,
                   objectives: dict[str, Any], res: TeamAdvantages, originals: Sequence[Any],
                   records: Sequence[TokenRecord], episodes: Sequence[Episode],
-                  generator: torch.Generator) -> dict[str, dict[str, float]]:
+                  generator: torch.Generator, comm: Comm = LOCAL
+                  ) -> dict[str, dict[str, float]]:
     """Each model group's update (module docstring); ``{group: update_policy metrics}``."""
     a, ma = cfg.algorithm, cfg.multiagent
     recs = records_for(res.rows, originals, records)
+    index_of = {g.name: [i for i, r in enumerate(res.rows) if r.model_group == g.name]
+                for g in team.groups.groups}
+    counts = [len(v) for v in index_of.values()]
+    if comm.distributed:              # global row counts: every rank takes the same steps
+        counts = [int(c) for c in comm.sum(torch.tensor(counts, dtype=torch.long))]
     out: dict[str, dict[str, float]] = {}
-    for g in team.groups.groups:
-        index = [i for i, r in enumerate(res.rows) if r.model_group == g.name]
-        steps = len(mini_batch_sizes(len(index), ma.update_num, compat=ma.compat))
-        if not index:
+    for g, total in zip(team.groups.groups, counts, strict=True):
+        index = index_of[g.name]
+        steps = len(mini_batch_sizes(total, ma.update_num, compat=ma.compat))
+        if not total:
             out[g.name] = {"actor/updates": 0.0}
             continue
         model, tok = policies[g.name]
@@ -111,7 +144,7 @@ def update_groups(cfg: TrainConfig, team: Team, policies: Policies, optimizer: T
             model, optimizer[g.name], rows, objectives[g.name], loss_agg=a.loss_agg,
             entropy_coef=a.entropy_coef, ppo_epochs=a.ppo_epochs, num_mini_batches=steps,
             micro_batch_size=s["micro_batch_size"], grad_clip=s["grad_clip"],
-            temperature=s["temperature"] or 1.0, generator=generator)
+            temperature=s["temperature"] or 1.0, generator=generator, comm=comm)
     return out
 
 
@@ -151,4 +184,54 @@ def team_metrics(team: Team, rows: Sequence[Any], episodes: Sequence[Episode],
         upd = updates.get(team.groups.group_of[name], {})
         out.update({prefix + short: float(upd[key]) for key, short in UPDATE_METRICS.items()
                     if key in upd})
+    return out
+
+
+def metric_weights(team: Team, rows: Sequence[Any], episodes: Sequence[Episode],
+                   res: TeamAdvantages) -> dict[str, float]:
+    """How many items each per-rank mean of :func:`team_metrics` averages (its weight when
+    ranks are reduced): episodes, Verifier verdicts, an agent's rows (with duplicates for
+    ``adv_abs_mean``)."""
+    out = dict.fromkeys(("episode/reward", "episode/length", "train/success_rate"),
+                        float(len(episodes)))
+    out[team.info.verdict_metric] = float(sum(r.agent == "Verifier" for r in rows))
+    for agent in team.agents:
+        prefix = f"agent/{agent.name}/"
+        mine = float(sum(r.agent == agent.name for r in rows))
+        out[prefix + "invalid_rate"] = out[prefix + "reward_mean"] = mine
+        out[prefix + "adv_abs_mean"] = float(sum(r.agent == agent.name for r in res.rows))
+    return out
+
+
+def _summed(key: str) -> bool:
+    return key in ("train/rows", "train/duplicate_rows") or \
+        (key.startswith("agent/") and key.endswith("/rows"))
+
+
+def _global(key: str) -> bool:
+    return key.startswith("agent/") and key.rsplit("/", 1)[-1] in UPDATE_METRICS.values()
+
+
+def reduce_team_metrics(values: dict[str, float], weights: dict[str, float], comm: Comm
+                        ) -> dict[str, float]:
+    """One record from every rank's :func:`team_metrics` (+ timings): counts summed, means
+    weighted by :func:`metric_weights`, the update's (global) metrics rank 0's, ``timing/*``
+    the slowest rank's, anything else the mean over the ranks reporting it. Every rank calls;
+    the identity in one process."""
+    if not comm.distributed:
+        return dict(values)
+    parts = comm.gather((dict(values), dict(weights)))
+    out = {}
+    for key in dict.fromkeys(k for v, _ in parts for k in v):
+        got = [(v[key], w.get(key, 1.0)) for v, w in parts if key in v]
+        vals = [float(x) for x, _ in got]
+        if _summed(key):
+            out[key] = sum(vals)
+        elif _global(key):
+            out[key] = vals[0]
+        elif key.startswith("timing/"):
+            out[key] = max(vals)
+        else:
+            total = sum(w for _, w in got)
+            out[key] = sum(x * w for x, w in got) / total if total else sum(vals) / len(vals)
     return out
