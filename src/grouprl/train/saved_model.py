@@ -62,12 +62,19 @@ NOT_RECORDED = ("model.device", "model.trust_remote_code", "model.lora", *ENV_RU
 PAIR_DATA_KEYS = tuple(f"preference.{k}" for k in (
     "dataset", "eval_dataset", "eval_fraction", "split", "limit", "prompt_field", "chosen_field",
     "rejected_field"))
+PRESAFE_DATA_KEYS = tuple(f"presafe.{k}" for k in (
+    "harmful_sources", "toy_prompts", "test_fraction", "split_seed", "harmful_train",
+    "benign_train", "benign_difficulty", "refusal_text"))
+"""PreSafe: the keys that make the tiny model's tokenizer corpus (its training queries and
+reference targets); the run saves no warm start, the record is the base model's."""
 RECORD_KEYS: dict[tuple[str, str], tuple[str, ...]] = {
     ("rl", "base_model"): ("model", "env", "agent"),
     ("rl", "warm_start"): ("model", "env", "agent", "bc"),
     ("preference", "base_model"): ("model", *PAIR_DATA_KEYS),
     ("preference", "warm_start"): ("model", *PAIR_DATA_KEYS, "bc", "preference.sft_epochs",
                                    "agent.use_chat_template"),
+    ("presafe", "base_model"): ("model", *PRESAFE_DATA_KEYS),
+    ("presafe", "warm_start"): ("model", *PRESAFE_DATA_KEYS),
 }
 
 
