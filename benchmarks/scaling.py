@@ -207,8 +207,8 @@ def paper_model(world: int = 8, nbytes: int = 2, rows: int = 6400, mini: int = 4
              f"⌈P·b / 64 MiB⌉ = {buckets} buckets", f"{E}·{M} × 2 × {p} × {b} B × {frac}", rep),
             ("replicated LoRA r=8 (q,k,v,o)", f"{E * M} all-reduce(s) of the {lora / 1e6:.2f}M "
              "adapter gradients", f"{E}·{M} × 2 × {lora:,} × {b} B × {frac}", lora_b),
-            ("FSDP2: update", f"{k} micro-batches × ({2 * (L + 1)} all-gathers, forward and "
-             f"backward, and {L + 1} reduce-scatters: {L} layers + root)",
+            ("FSDP2: update", f"{k} micro-batches × ({2 * L + 1} all-gathers: each layer in "
+             f"forward and backward, the root once; {L + 1} reduce-scatters: {L} layers + root)",
              f"{k} × 3 × {p} × {b} B × {frac}", train),
             ("FSDP2: old log-probs", f"{fwd} forward-only micro-batches (needed when E·M > 1) "
              "× all-gathers", f"{fwd} × {p} × {b} B × {frac}", old),
@@ -229,10 +229,10 @@ def paper_model(world: int = 8, nbytes: int = 2, rows: int = 6400, mini: int = 4
         "optimizer step); FSDP2 ∝ P · (3·E·M·⌈R/(W·M·m)⌉ + ⌈R/(W·m)⌉ + 1) ≈ P · 4R/(W·m) for "
         "large batches, i.e. linear in the batch and inverse in the micro-batch size (FSDP2 "
         "reduce-scatters after every micro-batch's backward; grouprl's learner does not defer "
-        "it to the last micro-batch). The root unit (embeddings, final norm, output layer) is "
-        "gathered twice per micro-batch too: `grouprl.distributed.fsdp.gathered` sets every "
-        "unit back to `reshard_after_forward=True`, which turns off FSDP2's keep-the-root-"
-        "gathered default. Control traffic (global token and sequence counts, "
+        "it to the last micro-batch). The root unit (embeddings, final norm, output layer) "
+        "stays gathered between forward and backward (FSDP2's default, which "
+        "`grouprl.distributed.fsdp.gathered` restores after a rollout), so 3·P per "
+        "micro-batch slightly over-counts it. Control traffic (global token and sequence counts, "
         "non-finite flag and summed losses per mini-batch, a few small all-gathers of metrics "
         f"and row counts per iteration) is O(1) per mini-batch and independent of P: {ctrl}. "
         "Rollouts and evaluation exchange only counts and small metric dicts (a few KB).",
