@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from grouprl.advantages import RolloutBatch, compute_advantages
-from grouprl.distributed import init_distributed, shard_bounds
+from grouprl.distributed import init_distributed, shard_bounds, shutdown
 
 GROUP_LOCAL = {"grpo": {}, "dr_grpo": {}, "rloo": {}, "gigpo": {"gamma": 0.9},
                "hgpo": {"history_length": 2}, "graphgpo": {"omega": 0.2},
@@ -84,4 +84,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    shutdown()          # leave the process group before exit (else gloo may abort)
+    sys.exit(rc)

@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 
 from grouprl.batch import select_rows
-from grouprl.distributed import init_distributed
+from grouprl.distributed import init_distributed, shutdown
 from grouprl.distributed.fsdp import full_state, gathered, load_full_state, shard_model
 from grouprl.losses.objective import make_objective
 from grouprl.policy import build_tiny_policy, generate
@@ -96,4 +96,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    shutdown()          # leave the process group before exit (else gloo may abort)
+    sys.exit(rc)

@@ -21,7 +21,7 @@ import sys
 import torch
 
 from grouprl.batch import Rollout, RolloutBatch, select_rows
-from grouprl.distributed import init_distributed, shard_bounds
+from grouprl.distributed import init_distributed, shard_bounds, shutdown
 from grouprl.distributed.fsdp import full_state, shard_model
 from grouprl.losses.objective import make_objective
 from grouprl.policy import build_tiny_policy
@@ -112,4 +112,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    shutdown()          # leave the process group before exit (else gloo may abort)
+    sys.exit(rc)

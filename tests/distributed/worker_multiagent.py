@@ -24,7 +24,7 @@ import zlib
 import torch
 
 import grouprl.train.team_rollout as team_rollout_module
-from grouprl.distributed import LOCAL, init_distributed, shard_bounds
+from grouprl.distributed import LOCAL, init_distributed, shard_bounds, shutdown
 from grouprl.multiagent import TeamAdvantages
 from grouprl.policy import build_tiny_policy
 from grouprl.train.config import load_config
@@ -208,4 +208,6 @@ def run_case(comm, case: str) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    shutdown()          # leave the process group before exit (else gloo may abort)
+    sys.exit(rc)

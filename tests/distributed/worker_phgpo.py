@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from grouprl.distributed import LOCAL, init_distributed
+from grouprl.distributed import LOCAL, init_distributed, shutdown
 from grouprl.phgpo import EliteBuffer, PheromoneStore, RewardConfig
 from grouprl.phgpo.context import ContextConfig
 from grouprl.phgpo.objective import step_loss
@@ -154,4 +154,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    shutdown()          # leave the process group before exit (else gloo may abort)
+    sys.exit(rc)

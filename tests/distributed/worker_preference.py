@@ -32,7 +32,7 @@ import grouprl.train.pairs as pairs
 import grouprl.train.parallel as parallel
 from grouprl.cli import main as cli_main
 from grouprl.data import PreferencePair
-from grouprl.distributed import init_distributed
+from grouprl.distributed import init_distributed, shutdown
 from grouprl.policy import build_tiny_policy
 from grouprl.train.pair_data import tokenize_preference_pairs
 
@@ -176,4 +176,6 @@ def train(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(update(sys.argv[2]) if sys.argv[1] == "update" else train(sys.argv[2:]))
+    rc = update(sys.argv[2]) if sys.argv[1] == "update" else train(sys.argv[2:])
+    shutdown()          # leave the process group before exit (else gloo may abort)
+    sys.exit(rc)
