@@ -117,7 +117,8 @@ def write_page(path: Path, records: list[dict], task: str, smoke: bool,
                overrides: list[str] = ()) -> None:
     status = ("**Smoke run only** (tiny budget, for the plumbing; not a result). The full study "
               f"is pending: `{COMMAND}`." if smoke or not records else
-              f"Runs: `{COMMAND} --task {task}`.")
+              f"Runs: `{COMMAND} --task {task}" + (" --cpu-budget" if any(
+                  o.startswith("phgpo.stage3_epochs=6") for o in overrides) else "") + "`.")
     uniform = next((r["uniform"] for r in records if r.get("uniform")), None)
     path.write_text(
         "# PhGPO study: pheromone vs plain GRPO vs supervised only\n\n"
