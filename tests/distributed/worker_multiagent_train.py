@@ -5,26 +5,17 @@ rolled out per iteration and a digest of every model group's weights at every ch
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 
-import torch
+from worker_train import digest  # one weights digest for every worker
 
 import grouprl.recipes.multiagent as recipe
 import grouprl.train.parallel as parallel
 from grouprl.cli import main
 
 RECORD: dict[str, list] = {"rows": [], "digests": []}
-
-
-def digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().double().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 def main_worker(argv: list[str]) -> int:

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-import torch
+from worker_train import digest  # one weights digest for every worker
 
 import grouprl.train.parallel as parallel
 import grouprl.train.tool_learner as tool_learner
@@ -18,14 +18,6 @@ from grouprl.cli import main
 from grouprl.train.tool_stages import to_plain
 
 RECORD: dict[str, list] = {"digests": [], "stores": []}
-
-
-def digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().double().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 def state_digest(learner) -> str:
