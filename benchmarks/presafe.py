@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = [*((TOY_SMOKE if args.toy else SMOKE) if args.smoke else []), *args.set]
     out = args.out / setup
     records = []
-    for arm in args.arms.split(","):
-        for seed in range(args.seeds):
+    for seed in range(args.seeds):      # every arm of a seed before the next seed
+        for arm in args.arms.split(","):
             if args.report_only:
                 source = "presafe" if arm == "base" else arm
                 if not (out / f"{source}-seed{seed}" / "summary.json").is_file():

@@ -241,7 +241,10 @@ class Rollout:
       ``advantages`` (N,), ``old_logp`` and ``ref_logp`` (N, R) (behaviour and reference
       log-probs, filled by the recipe when the update needs them);
     - ``episode``: (E,) tensors, one entry per kept episode;
-    - ``list``: Python lists of length N (decoded replies, env step extras).
+    - ``list``: Python lists of length N (decoded replies, env step extras, task categories).
+
+    The routing columns (``expert``, ``expert_logp``, ``router_obs``, ``router_goal``) are set
+    by a row-routed policy (:mod:`grouprl.train.pamoe`) and ``None`` otherwise.
     """
 
     batch: RolloutBatch
@@ -261,6 +264,11 @@ class Rollout:
     advantages: torch.Tensor | None = _kind(_ROW)  # (N,) from the estimator
     old_logp: torch.Tensor | None = _kind(_RIGHT)  # (N, R) behaviour log-probs (recomputed)
     ref_logp: torch.Tensor | None = _kind(_RIGHT)  # (N, R) reference log-probs (KL)
+    category: list[str | None] = _kind(_LIST, factory=list)  # task category of each row
+    expert: torch.Tensor | None = _kind(_ROW)       # (N,) routed LoRA expert (PA-MoE)
+    expert_logp: torch.Tensor | None = _kind(_ROW)  # (N,) its rollout log-prob log q(e)
+    router_obs: torch.Tensor | None = _kind(_ROW)   # (N, d) router feature of the observation
+    router_goal: torch.Tensor | None = _kind(_ROW)  # (N, d) router feature of the goal
 
     def __len__(self) -> int:
         return int(self.prompt_ids.shape[0])

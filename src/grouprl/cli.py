@@ -41,6 +41,7 @@ from grouprl.train.checks import check_phgpo_config, check_rl_config
 from grouprl.train.config import TrainConfig, config_reference, dump_config, format_keys
 from grouprl.train.evaluate import evaluate_run
 from grouprl.train.pair_data import validate_preference_config
+from grouprl.train.pamoe import policy_routing
 from grouprl.train.plot import plot_run
 from grouprl.train.presafe_data import check_presafe_config
 from grouprl.train.presafe_eval import evaluate_run_safety
@@ -250,7 +251,8 @@ def _eval(args: argparse.Namespace) -> int:
                           "evaluates any run's policy on held-out safety prompts")
     _, model, tok, template, iteration = load_trained_policy(args.run_dir, args.checkpoint,
                                                              trusted=args.trust_run)
-    metrics = evaluate_run(cfg, model, tok, template)
+    routing = policy_routing(cfg, model, tok, iteration)       # PA-MoE: the router, greedy
+    metrics = evaluate_run(cfg, model, tok, template, routing=routing.evaluation())
     print(json.dumps({"iteration": iteration, **metrics}))
     return 0
 

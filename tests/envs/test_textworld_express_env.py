@@ -231,3 +231,84 @@ def test_game_name_is_case_insensitive_and_close_stops_jvm() -> None:
     env.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         env.reset(0)
+
+
+# ---------------------------------------------------------------- several games on one JVM
+
+
+@pytest.fixture(scope="module")
+def multi() -> Iterator[TextWorldExpressEnv]:
+    """Coin and sorting on one JVM, default params."""
+    if not java_available():
+        pytest.skip("TextWorldExpress needs Java (a JRE >= 11) on PATH")
+    env = TextWorldExpressEnv(["Coin", "sorting"])
+    yield env
+    env.close()
+
+
+def test_single_game_has_no_category(envs: dict[str, TextWorldExpressEnv]) -> None:
+    env = _env(envs, "coin")
+    assert env.games == ("coin",) and env.multi_game is False
+    _, info = env.reset(0)
+    assert "category" not in info and isinstance(info["anchor"], str)
+
+
+def test_games_alternate_by_seed_on_one_jvm(envs: dict[str, TextWorldExpressEnv],
+                                            multi: TextWorldExpressEnv) -> None:
+    assert multi.games == ("coin", "sorting") and multi.multi_game is True
+    process = multi._env._gateway.java_process
+    for seed in (0, 1, 2, 3, 5, 4):
+        game = ("coin", "sorting")[seed % 2]
+        obs, info = multi.reset(seed)
+        single_obs, single_info = _env(envs, game).reset(seed // 2)
+        assert multi.game == game and info["category"] == game
+        assert obs == single_obs and info["task"] == single_info["task"]
+        assert info["game_seed"] == single_info["game_seed"] == multi.fold_seeds[seed // 2]
+        assert info["anchor"] == (game, single_info["anchor"])
+        action = info["admissible_actions"][0]
+        step = multi.step(action)
+        single_step = _env(envs, game).step(action)
+        assert step[:3] == single_step[:3]
+        assert step[3]["anchor"] == (game, single_step[3]["anchor"])
+    assert multi._env._gateway.java_process is process and process.poll() is None
+    assert multi.fold_seeds_of("sorting") == _env(envs, "sorting").fold_seeds
+
+
+def test_gold_path_after_switching_games(multi: TextWorldExpressEnv) -> None:
+    multi.reset(0)  # coin
+    _, info = multi.reset(3)  # sorting, sub-seed 1
+    total, done = 0.0, False
+    for action in multi.gold_actions():
+        _, reward, done, info = multi.step(action)
+        total += reward
+        if done:
+            break
+    assert done and info["won"] and total == pytest.approx(1.0)
+
+
+@needs_java
+def test_multi_game_params_per_game() -> None:
+    with TextWorldExpressEnv(["coin", "arithmetic"],
+                             game_params={"coin": "numLocations=2,includeDoors=0"}) as env:
+        _, info = env.reset(0)
+        assert info["category"] == "coin"
+        assert "door" not in " ".join(info["admissible_actions"])
+        assert env.reset(1)[1]["category"] == "arithmetic"
+    with pytest.raises(ValueError, match="game_params.arithmetic: Unrecognized property name"):
+        TextWorldExpressEnv(["coin", "arithmetic"], game_params={"arithmetic": "bogus=3"})
+
+
+def test_multi_game_argument_errors() -> None:
+    with pytest.raises(TypeError, match="game: expected a game name or a non-empty list"):
+        TextWorldExpressEnv([])
+    with pytest.raises(ValueError, match=r"game\[1\]: unknown TextWorldExpress game 'chess'"):
+        TextWorldExpressEnv(["coin", "chess"])
+    with pytest.raises(ValueError, match=r"game\[1\]: 'coin' is listed twice"):
+        TextWorldExpressEnv(["coin", "COIN"])
+    with pytest.raises(ValueError, match="game_params.sorting: 'sorting' is not one of the "
+                                         "games"):
+        TextWorldExpressEnv(["coin", "twc"], game_params={"sorting": ""})
+    with pytest.raises(TypeError, match="game_params.coin: expected a str"):
+        TextWorldExpressEnv(["coin", "twc"], game_params={"coin": 5})
+    with pytest.raises(TypeError, match=r"game_params: expected a str or a dict"):
+        TextWorldExpressEnv(["coin", "twc"], game_params=["x"])  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -42,7 +42,23 @@ from grouprl.batch import (
     state_ids,
 )
 
-__all__ = ["Rollout", "collect_rollouts", "render_prompt", "concat_rollouts", "select_groups"]
+__all__ = ["Rollout", "collect_rollouts", "render_prompt", "concat_rollouts", "select_groups",
+           "StepRouting"]
+
+
+class StepRouting(Protocol):
+    """A policy that picks per environment step how each row is computed (PA-MoE's phase
+    router, :mod:`grouprl.train.pamoe`). :func:`collect_rollouts` calls :meth:`start` once
+    with every env's goal (task text), then :meth:`generate` at every step for the live envs;
+    :meth:`columns` returns per-row tensors (``expert``, ...) of every generated row in call
+    order, which become :class:`Rollout` fields."""
+
+    def start(self, goals: list[str]) -> None: ...
+
+    def generate(self, generate_fn: Callable[[list[str]], Any], prompts: list[str],
+                 envs: list[int], observations: list[str]) -> Any: ...
+
+    def columns(self) -> dict[str, torch.Tensor]: ...
 
 
 def render_prompt(template: PromptTemplate, memory: HistoryMemory, env_index: int, *,
@@ -74,7 +90,7 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
                      use_chat_template: bool = True, pad_token_id: int = 0,
                      group_offset: int = 0, traj_offset: int = 0,
                      vocabulary: dict[Hashable, int] | None = None,
-                     raw_action: bool = False) -> Rollout:
+                     raw_action: bool = False, routing: StepRouting | None = None) -> Rollout:
     """Roll out ``len(task_seeds)`` groups of ``group_size`` episodes on ``pool``.
 
     Args:
@@ -88,6 +104,8 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
         vocabulary: anchor → state id table shared across calls (exact ids, spec §1.2).
         raw_action: give the env the whole reply, unparsed (single-turn reasoning: the verifier
             extracts the answer itself); truncated replies are still passed as "".
+        routing: a :class:`StepRouting` that generates each step (default: ``generate_fn``
+            directly); its per-row columns are stored on the rollout.
     """
     num_envs = len(task_seeds) * group_size
     if pool.num_envs != num_envs:
@@ -99,6 +117,9 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
     anchor: list[Hashable] = [r.anchor for r in resets]
     admissible = [r.admissible_actions for r in resets]
     task = [r.task for r in resets]
+    category = [r.category for r in resets]
+    if routing is not None:
+        routing.start(task)
     failed = [r.failed for r in resets]     # a reset that kept failing: the episode is dropped
     done = list(failed)
     won = [False] * num_envs
@@ -129,7 +150,8 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
                                  admissible=admissible[i], tokenizer=tokenizer,
                                  use_chat_template=use_chat_template)
                    for i in active]
-        gen = generate_fn(prompts)
+        gen = generate_fn(prompts) if routing is None else \
+            routing.generate(generate_fn, prompts, active, [observation[i] for i in active])
         cut = getattr(gen, "prompt_truncated", None)
         truncated_prompts += int(cut.sum()) if cut is not None else 0
         parsed = [_RawAction(text) if raw_action else
@@ -222,4 +244,7 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
                    episode_group=kept_t // group_size + group_offset,
                    responses=[rec_text[k] for k in idx], metrics=metrics,
                    truncated=torch.tensor(rec_truncated, dtype=torch.bool)[order],
-                   extras=[rec_extra[k] for k in idx])
+                   extras=[rec_extra[k] for k in idx],
+                   category=[category[i] for i in envs_kept.tolist()],
+                   **({k: v[order] for k, v in routing.columns().items()}
+                      if routing is not None else {}))

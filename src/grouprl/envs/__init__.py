@@ -5,7 +5,8 @@
   name or by ``"package.module:Attr"`` import string.  Built in: ``"sokoban"``
   (:class:`SokobanEnv`), ``"reasoning"`` (single-turn prompt → answer → verifier reward,
   :mod:`grouprl.envs.reasoning`), and, imported only when made (optional packages),
-  ``"textworld_express"`` and ``"scienceworld"``.
+  ``"textworld_express"`` and ``"scienceworld"``; ``"multitask"`` (:class:`MultiTaskEnv`: several
+  envs, one per episode by seed, :mod:`grouprl.envs.multitask`).
 * :class:`EnvPool` (``pool.py``): steps a batch of envs serially, in threads or in worker
   processes, with step limits, timeouts and restart of failed envs.
 """
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 from .base import TextEnv, anchor_of
+from .multitask import MultiTaskEnv, task_of_seed
 from .pool import EnvPool, ResetResult, StepResult
 from .registry import LazyFactory, available_envs, make_env, register_env
 from .sokoban import SokobanEnv, SokobanLevel, generate_level, solve_sokoban
@@ -20,6 +22,7 @@ from .sokoban import SokobanEnv, SokobanLevel, generate_level, solve_sokoban
 __all__ = [
     "EnvPool",
     "LazyFactory",
+    "MultiTaskEnv",
     "ResetResult",
     "SokobanEnv",
     "SokobanLevel",
@@ -31,9 +34,11 @@ __all__ = [
     "make_env",
     "register_env",
     "solve_sokoban",
+    "task_of_seed",
 ]
 
 register_env("sokoban", SokobanEnv)
+register_env("multitask", MultiTaskEnv)
 register_env("reasoning", LazyFactory("grouprl.envs.reasoning", "ReasoningEnv"))
 register_env("textworld_express",
              LazyFactory("grouprl.envs.textworld_express", "TextWorldExpressEnv"))

@@ -27,7 +27,7 @@ from typing import Any
 
 from grouprl.workers import CallResult, WorkerPool, WorkerStartError
 
-from .base import OPTIONAL_STEP_INFO_KEYS, RESET_INFO_KEYS, STEP_INFO_KEYS
+from .base import OPTIONAL_RESET_INFO_KEYS, OPTIONAL_STEP_INFO_KEYS, RESET_INFO_KEYS, STEP_INFO_KEYS
 from .registry import resolve_factory
 
 __all__ = ["SerialBackend", "ThreadBackend", "ProcessBackend", "expert_plan",
@@ -307,7 +307,7 @@ def _env_call(env: Any, request: tuple[str, Any]) -> tuple[Any, ...]:
     method, arg = request
     if method == "reset":
         obs, info = env.reset(arg)
-        return obs, _slim(info, RESET_INFO_KEYS)
+        return obs, _slim(info, RESET_INFO_KEYS + OPTIONAL_RESET_INFO_KEYS)
     if method == "expert_plan":
         return _plan_call(env)
     obs, reward, done, info = env.step(arg)

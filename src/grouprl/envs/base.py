@@ -13,6 +13,9 @@ An environment is a plain Python object with gym-like ``reset``/``step`` on text
   small picklable dict the pool forwards unchanged to the rollout (e.g. a verifier's verdict).
 * ``close()`` releases resources (subprocesses, JVMs).
 
+Optional reset info key: ``category`` (a str naming the episode's task family, for per-task
+metrics; multi-task envs set it, see :mod:`grouprl.envs.multitask`).
+
 Environments are made by name through :func:`grouprl.envs.make_env` so that a process pool can
 re-create them in a worker from ``(name, kwargs)``.
 """
@@ -22,9 +25,11 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["TextEnv", "RESET_INFO_KEYS", "STEP_INFO_KEYS", "OPTIONAL_STEP_INFO_KEYS", "anchor_of"]
+__all__ = ["TextEnv", "RESET_INFO_KEYS", "OPTIONAL_RESET_INFO_KEYS", "STEP_INFO_KEYS",
+           "OPTIONAL_STEP_INFO_KEYS", "anchor_of"]
 
 RESET_INFO_KEYS = ("task", "anchor", "admissible_actions")
+OPTIONAL_RESET_INFO_KEYS = ("category",)
 STEP_INFO_KEYS = ("won", "valid", "anchor", "admissible_actions")
 OPTIONAL_STEP_INFO_KEYS = ("extra",)
 

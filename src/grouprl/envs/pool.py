@@ -121,7 +121,8 @@ class ResetResult:
 
     ``failed``/``error`` mirror :class:`StepResult`; :meth:`EnvPool.reset` retries failed resets
     and raises when they keep failing, so the results it returns have ``failed=False`` (unless
-    called with ``allow_failed=True``).
+    called with ``allow_failed=True``).  ``category``: the reset info's ``"category"`` (the
+    episode's task in a multi-task env), else ``None``.
     """
 
     observation: str
@@ -130,6 +131,7 @@ class ResetResult:
     admissible_actions: list[str] | None
     failed: bool = False
     error: str | None = None
+    category: str | None = None
 
 
 @dataclass
@@ -324,8 +326,10 @@ class EnvPool:
     def _reset_result(value: Any) -> ResetResult:
         obs, info = value
         actions = info.get("admissible_actions")
+        category = info.get("category")
         return ResetResult(obs, info.get("task", ""), anchor_of(info, obs),
-                           None if actions is None else list(actions))
+                           None if actions is None else list(actions),
+                           category=None if category is None else str(category))
 
     # -- expert plans -------------------------------------------------------------------------
 

@@ -39,6 +39,16 @@ Contract details (see :mod:`grouprl.envs.base` for the protocol):
   action: ..."`` reads the same in every room. ``include_state_in_anchor=False`` drops the look
   and inventory sections, ``include_admissible_in_anchor=False`` the admissible section; with both
   off the anchor is the observation itself.
+* **Several games on one JVM.** ``game`` may be a list of games (``["coin", "sorting"]``, K
+  games): ``reset(seed)`` plays game ``k = seed % K`` with index ``seed // K`` into that game's
+  fold seeds (:func:`grouprl.envs.multitask.task_of_seed`, the mapping of
+  :class:`~grouprl.envs.multitask.MultiTaskEnv`), loading the game on the JVM when it differs
+  from the loaded one. Every game is loaded once in the constructor (checking its
+  ``game_params`` and caching its fold seeds). ``info["category"]`` is the game's name, and the
+  anchor (reset and step) is ``(game, anchor)``, so two games never share a state.
+  ``game_params`` is then one string for every game or a dict ``{game: params}`` (games left
+  out get ``""``). :attr:`~TextWorldExpressEnv.game` is the loaded game; a single game (a str)
+  behaves as without this mode (no ``category``, string anchors).
 * **Expert actions.** :meth:`~TextWorldExpressEnv.gold_actions` returns the game's gold action
   sequence for the current episode (``getGoldActionSequence``). For ``coin`` and ``twc`` the
   package searches this path with a randomised search, so two resets of one seed can give
@@ -49,9 +59,11 @@ Contract details (see :mod:`grouprl.envs.base` for the protocol):
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 from grouprl.envs.jvm import JVMTextEnv, seed_index
+from grouprl.envs.multitask import category_anchor, task_of_seed
 from grouprl.envs.optional import require, require_java
 from grouprl.validation import canonical_name, check_choice
 
@@ -74,13 +86,49 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
+def _games(game: Any) -> tuple[tuple[str, ...], bool]:
+    """The canonical games of ``game`` (a name or a list of names) and whether it was a list."""
+    if isinstance(game, str):
+        return (canonical_name("game", "TextWorldExpress game", game, GAMES, {}),), False
+    if not isinstance(game, Sequence) or not game:
+        raise TypeError(f"game: expected a game name or a non-empty list of them, got {game!r}")
+    games = tuple(canonical_name(f"game[{i}]", "TextWorldExpress game", g, GAMES, {})
+                  for i, g in enumerate(game))
+    for i, g in enumerate(games):
+        if games.index(g) != i:
+            raise ValueError(f"game[{i}]: {g!r} is listed twice; list each game once")
+    return games, True
+
+
+def _params(game_params: Any, games: tuple[str, ...], multi: bool) -> dict[str, str]:
+    """``{game: params}`` from a str (every game) or, with several games, a dict."""
+    if isinstance(game_params, str):
+        return dict.fromkeys(games, game_params)
+    if not multi or not isinstance(game_params, dict):
+        need = "a str or a dict {game: params}" if multi else "a str"
+        raise TypeError(f"game_params: expected {need} such as 'numLocations=5', "
+                        f"got {game_params!r}")
+    out = dict.fromkeys(games, "")
+    for key, value in game_params.items():
+        name = canonical_name(f"game_params.{key}", "TextWorldExpress game", key, GAMES, {})
+        if name not in out:
+            raise ValueError(f"game_params.{key}: {name!r} is not one of the games {list(games)}")
+        if not isinstance(value, str):
+            raise TypeError(f"game_params.{key}: expected a str such as 'numLocations=5', "
+                            f"got {value!r}")
+        out[name] = value
+    return out
+
+
 class TextWorldExpressEnv(JVMTextEnv):
     """One TextWorldExpress game on its own JVM (see the module docstring for the contract).
 
     Args:
-        game: one of :data:`GAMES` (case-insensitive).
+        game: one of :data:`GAMES` (case-insensitive), or a list of them: several games on one
+            JVM (module docstring).
         game_params: the package's generation parameters, e.g. ``"numLocations=5,includeDoors=0"``
             (``""`` for the game's defaults); the game's own error is raised as ``ValueError``.
+            With a list of games, also a dict ``{game: params}``.
         fold: ``"train"``, ``"dev"`` or ``"test"``: which seed list ``reset(seed)`` draws from.
         env_step_limit: episodes end (not won) after this many steps.
         include_admissible_in_anchor: add ``",".join(sorted(admissible_actions))`` to the anchor.
@@ -93,14 +141,14 @@ class TextWorldExpressEnv(JVMTextEnv):
         JavaMissingError: no Java >= 11 on ``PATH``.
     """
 
-    def __init__(self, game: str = "coin", game_params: str = "", fold: str = "train", *,
+    def __init__(self, game: str | Sequence[str] = "coin",
+                 game_params: str | dict[str, str] = "", fold: str = "train", *,
                  env_step_limit: int = 100, include_admissible_in_anchor: bool = True,
                  include_state_in_anchor: bool = True, generate_gold_path: bool = True) -> None:
-        self.game = canonical_name("game", "TextWorldExpress game", game, GAMES, {})
+        self.games, self.multi_game = _games(game)
+        self.game = self.games[0]
         check_choice("fold", fold, FOLDS)
-        if not isinstance(game_params, str):
-            raise TypeError(f"game_params: expected a str such as 'numLocations=5', "
-                            f"got {game_params!r}")
+        self._params = _params(game_params, self.games, self.multi_game)
         self.env_step_limit = _positive_int("env_step_limit", env_step_limit)
         check_choice("include_admissible_in_anchor", include_admissible_in_anchor, (True, False))
         check_choice("include_state_in_anchor", include_state_in_anchor, (True, False))
@@ -115,17 +163,18 @@ class TextWorldExpressEnv(JVMTextEnv):
         require_java("TextWorldExpress")
         self._closed = False
         self._env = twx.TextWorldExpressEnv(envStepLimit=2**31 - 1)  # the limit is counted here
+        self._seeds_of: dict[str, tuple[int, ...]] = {}
         try:
-            try:
-                self._env.load(self.game, game_params)
-            except ValueError as err:
-                raise ValueError(f"game_params: {str(err).strip()}") from None
-            getter = {"train": self._env.getValidSeedsTrain, "dev": self._env.getValidSeedsDev,
-                      "test": self._env.getValidSeedsTest}[fold]
-            self._fold_seeds = tuple(int(s) for s in getter())
+            for name in reversed(self.games):  # the first game stays loaded
+                self._load(name)
+                getter = {"train": self._env.getValidSeedsTrain,
+                          "dev": self._env.getValidSeedsDev,
+                          "test": self._env.getValidSeedsTest}[fold]
+                self._seeds_of[name] = tuple(int(s) for s in getter())
         except BaseException:
             self.close()
             raise
+        self._fold_seeds = self._seeds_of[self.game]
         self._game_seed: int | None = None
         self._gold_generated = False
         self._steps = 0
@@ -136,8 +185,12 @@ class TextWorldExpressEnv(JVMTextEnv):
     # ------------------------------------------------------------------ properties
     @property
     def fold_seeds(self) -> tuple[int, ...]:
-        """The game seeds of this env's fold, in the package's order."""
+        """The game seeds of this env's fold (of the loaded game), in the package's order."""
         return self._fold_seeds
+
+    def fold_seeds_of(self, game: str) -> tuple[int, ...]:
+        """The fold's game seeds of ``game`` (one of :attr:`games`)."""
+        return self._seeds_of[check_choice("game", game, self.games)]
 
     @property
     def game_seed(self) -> int | None:
@@ -149,10 +202,17 @@ class TextWorldExpressEnv(JVMTextEnv):
         """Start game seed ``fold_seeds[seed % len(fold_seeds)]``; return ``(observation, info)``.
 
         ``info`` has ``task``, ``anchor``, ``admissible_actions``, ``score`` (0.0) and
-        ``game_seed``.
+        ``game_seed``. With several games: game ``k = seed % K`` at index ``seed // K`` (loaded
+        first when another game is loaded), and ``info["category"]`` is its name.
         """
         index = seed_index(seed)
         self._check_open()
+        if self.multi_game:
+            k, index = task_of_seed(index, len(self.games))
+            if self.games[k] != self.game:
+                self._game_seed = None  # no episode until the new game is reset
+                self._load(self.games[k])
+                self.game, self._fold_seeds = self.games[k], self._seeds_of[self.games[k]]
         game_seed = self._fold_seeds[index % len(self._fold_seeds)]
         observation, raw = self._env.reset(seed=game_seed, gameFold=self.fold,
                                            generateGoldPath=self.generate_gold_path)
@@ -169,6 +229,8 @@ class TextWorldExpressEnv(JVMTextEnv):
             "score": self._score,
             "game_seed": game_seed,
         }
+        if self.multi_game:
+            info["category"] = self.game
         return observation, info
 
     def step(self, action: str) -> tuple[str, float, bool, dict[str, Any]]:
@@ -214,10 +276,21 @@ class TextWorldExpressEnv(JVMTextEnv):
 
     # ------------------------------------------------------------------ helpers
 
-    def _anchor(self, observation: str, raw: dict[str, Any]) -> str:
+    def _load(self, game: str) -> None:
+        """Load ``game`` with its params on the JVM (``ValueError`` naming ``game_params``)."""
+        self.game = None  # type: ignore[assignment]  # unknown until the load succeeds
+        try:
+            self._env.load(game, self._params[game])
+        except ValueError as err:
+            where = f"game_params.{game}" if self.multi_game else "game_params"
+            raise ValueError(f"{where}: {str(err).strip()}") from None
+        self.game = game
+
+    def _anchor(self, observation: str, raw: dict[str, Any]) -> Hashable:
         parts = [observation]
         if self.include_state_in_anchor:
             parts += ["[look]", str(raw["look"]), "[inventory]", str(raw["inventory"])]
         if self.include_admissible_in_anchor:
             parts += ["[admissible]", ",".join(sorted(str(a) for a in raw["validActions"]))]
-        return "\n".join(parts)
+        anchor = "\n".join(parts)
+        return category_anchor(self.game, anchor) if self.multi_game else anchor

@@ -19,6 +19,7 @@ from .lora import (
     MultiLoRALinear,
     Routing,
     adapters_disabled,
+    add_token_gates,
     clear_routing,
     inject_multi_lora,
     load_multi_lora_state_dict,
@@ -57,11 +58,12 @@ from .routing import (
     temperature_at,
     transitions,
 )
-from .state import load_pamoe_state_dict, pamoe_state_dict
+from .state import ROUTER_ATTRIBUTE, attached_router, load_pamoe_state_dict, pamoe_state_dict
 
 __all__ = [
     "ALL_PROJECTIONS", "ATTENTION_PROJECTIONS", "PAMoEOptions", "PHASES",
-    "MultiLoRALinear", "Routing", "adapters_disabled", "clear_routing", "inject_multi_lora",
+    "MultiLoRALinear", "Routing", "adapters_disabled", "add_token_gates", "clear_routing",
+    "inject_multi_lora",
     "load_multi_lora_state_dict", "multi_lora_layers", "multi_lora_state_dict", "route",
     "set_routing", "PhaseRouter", "RouterStep", "route_step", "apply_hysteresis",
     "assign_experts", "expert_log_prob", "hysteresis_distribution", "propose_experts",
@@ -70,4 +72,5 @@ __all__ = [
     "switching_penalty", "category_shares", "expert_usage", "parameter_occupancy",
     "router_entropy", "router_metrics", "switch_rate", "pooled_features", "text_features",
     "keyword_phases", "phase_pretrain_loss", "load_pamoe_state_dict", "pamoe_state_dict",
+    "ROUTER_ATTRIBUTE", "attached_router",
 ]

@@ -39,13 +39,15 @@ from grouprl.validation import check_int, check_number
 from .options import check_target_modules
 
 __all__ = ["MultiLoRALinear", "Routing", "inject_multi_lora", "multi_lora_layers", "route",
+           "add_token_gates",
            "set_routing", "clear_routing", "adapters_disabled", "multi_lora_state_dict",
            "load_multi_lora_state_dict"]
 
 
 @dataclass(frozen=True)
 class Routing:
-    """The routing of the next forwards: hard ``experts`` (N,) or dense ``weights`` (N, E).
+    """The routing of the next forwards: hard ``experts`` (N,), dense ``weights`` (N, E), or
+    one ``uniform`` expert for every row of any forward (whatever its batch size).
 
     ``groups`` holds, for hard routing, ``(expert, row indices)`` per expert present, computed
     once by :func:`route` and shared by every layer.
@@ -53,10 +55,14 @@ class Routing:
 
     experts: torch.Tensor | None = None
     weights: torch.Tensor | None = None
-    groups: tuple[tuple[int, torch.Tensor], ...] = ()
+    groups: tuple[tuple[int, torch.Tensor | None], ...] = ()
+    uniform: int | None = None
 
     @property
-    def rows(self) -> int:
+    def rows(self) -> int | None:
+        """Rows the routing is set for (``None``: any number, uniform routing)."""
+        if self.uniform is not None:
+            return None
         return int((self.experts if self.experts is not None else self.weights).shape[0])
 
 
@@ -83,7 +89,18 @@ class MultiLoRALinear(nn.Module):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.routing: Routing | None = None
         self.adapters_enabled = True
+        self.token_gate: nn.Linear | None = None      # token-level routing (baseline), if added
         self.reset_parameters()
+
+    def add_token_gate(self) -> nn.Linear:
+        """Route every TOKEN with its own soft weights ``w = softmax(G x)`` (G: E × d_in, zero
+        at init, so every expert weighs 1/E): the token-level MoE baseline of PA-MoE's study
+        (MoLoRA-style), used when no row routing is set."""
+        w = self.lora_A
+        self.token_gate = nn.Linear(self.base_layer.in_features, self.num_experts, bias=False,
+                                    dtype=w.dtype, device=w.device)
+        nn.init.zeros_(self.token_gate.weight)
+        return self.token_gate
 
     def reset_parameters(self) -> None:
         """A_e ~ Kaiming-uniform(a=√5) per expert (peft / nn.Linear default), B = 0."""
@@ -106,11 +123,14 @@ class MultiLoRALinear(nn.Module):
         out_dtype = result.dtype
         x = x.to(self.lora_A.dtype)
         routing = self.routing
-        if routing is not None and routing.rows != x.shape[0]:
+        if routing is not None and routing.rows not in (None, x.shape[0]):
             raise ValueError(f"routing: set for {routing.rows} rows but the forward has "
                              f"{x.shape[0]}; call route(model, ...) with the batch's rows")
         if routing is not None and routing.weights is not None:
             result = result + self._dense(self.lora_dropout(x), routing.weights)
+        elif routing is None and self.token_gate is not None:
+            x = self.lora_dropout(x)
+            result = result + self._dense(x, torch.softmax(self.token_gate(x), dim=-1))
         elif routing is None and self.num_experts > 1:
             raise RuntimeError(f"routing: no experts set for a layer with {self.num_experts} "
                                "experts; wrap the forward in route(model, experts=...)")
@@ -135,11 +155,13 @@ class MultiLoRALinear(nn.Module):
     def _dense(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``(α/r) Σ_e w_{n,e} B_e (A_e x)``: A stacked to (E·r, d_in), B to (d_out, E·r)."""
         e, r = self.num_experts, self.rank
-        if weights.dim() != 2 or weights.shape[1] != e:
+        per_token = weights.dim() == x.dim() and weights.shape[:-1] == x.shape[:-1]
+        if not per_token and (weights.dim() != 2 or weights.shape[1] != e):
             raise ValueError(f"routing: weights must have shape (rows, {e}), got "
                              f"{tuple(weights.shape)}")
         xa = F.linear(x, self.lora_A.reshape(e * r, -1))                    # (N, ..., E·r)
-        w = weights.to(xa.dtype).reshape(weights.shape[0], *([1] * (x.dim() - 2)), e, 1)
+        w = weights.to(xa.dtype)[..., None] if per_token else \
+            weights.to(xa.dtype).reshape(weights.shape[0], *([1] * (x.dim() - 2)), e, 1)
         xa = (xa.unflatten(-1, (e, r)) * w).flatten(-2)                      # w_{n,e} · A_e x
         b = self.lora_B.permute(1, 0, 2).reshape(self.lora_B.shape[1], e * r)
         return F.linear(xa, b) * self.scaling                                # Σ_e B_e (·)
@@ -192,10 +214,15 @@ def _layers(model: nn.Module) -> list[MultiLoRALinear]:
     return layers
 
 
-def _make_routing(num_experts: int, experts: torch.Tensor | None,
+def _make_routing(num_experts: int, experts: torch.Tensor | int | None,
                   weights: torch.Tensor | None) -> Routing:
     if (experts is None) == (weights is None):
         raise ValueError("route: give exactly one of experts (hard) or weights (dense)")
+    if isinstance(experts, int) and not isinstance(experts, bool):
+        if not 0 <= experts < num_experts:
+            raise ValueError(f"experts: expected an index in [0, {num_experts - 1}], got "
+                             f"{experts}")
+        return Routing(groups=((experts, None),), uniform=experts)
     if weights is not None:
         if not isinstance(weights, torch.Tensor) or weights.dim() != 2 \
                 or weights.shape[1] != num_experts or not weights.is_floating_point():
@@ -213,9 +240,11 @@ def _make_routing(num_experts: int, experts: torch.Tensor | None,
     return Routing(experts=experts, groups=groups)
 
 
-def set_routing(model: nn.Module, experts: torch.Tensor | None = None,
+def set_routing(model: nn.Module, experts: torch.Tensor | int | None = None,
                 weights: torch.Tensor | None = None) -> None:
-    """Route the next forwards of ``model``: ``experts`` (N,) hard, or ``weights`` (N, E) dense.
+    """Route the next forwards of ``model``: ``experts`` (N,) hard, ``weights`` (N, E) dense,
+    or ``experts`` an int: that expert for every row of every forward (a call generating one
+    expert's rows, whatever its chunking).
 
     Row n of every later forward (batch dimension first; during KV-cached generation every
     decoding step) uses row n's routing, until :func:`clear_routing` or another call.
@@ -233,7 +262,7 @@ def clear_routing(model: nn.Module) -> None:
 
 
 @contextmanager
-def route(model: nn.Module, experts: torch.Tensor | None = None,
+def route(model: nn.Module, experts: torch.Tensor | int | None = None,
           weights: torch.Tensor | None = None) -> Iterator[nn.Module]:
     """Context manager: :func:`set_routing` inside, the previous routing restored on exit.
 
@@ -266,19 +295,31 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def multi_lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``{"<layer>.lora_A": (E, r, d_in), "<layer>.lora_B": (E, d_out, r)}`` (detached)."""
+    """``{"<layer>.lora_A": (E, r, d_in), "<layer>.lora_B": (E, d_out, r)}`` (detached), and
+    ``"<layer>.token_gate.weight"`` (E, d_in) for layers with a token gate."""
+    return {key: param.detach() for key, param in _expert_params(model).items()}
+
+
+def _expert_params(model: nn.Module) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for name, layer in multi_lora_layers(model):
-        out[f"{name}.lora_A"] = layer.lora_A.detach()
-        out[f"{name}.lora_B"] = layer.lora_B.detach()
+        out[f"{name}.lora_A"] = layer.lora_A
+        out[f"{name}.lora_B"] = layer.lora_B
+        if layer.token_gate is not None:
+            out[f"{name}.token_gate.weight"] = layer.token_gate.weight
     return out
+
+
+def add_token_gates(model: nn.Module) -> list[nn.Linear]:
+    """Give every multi-LoRA layer a token gate (:meth:`MultiLoRALinear.add_token_gate`): the
+    token-level routing baseline. Returns the gates (trainable)."""
+    return [layer.add_token_gate() for _, layer in multi_lora_layers(model)]
 
 
 def load_multi_lora_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Copy ``state`` (from :func:`multi_lora_state_dict`) into ``model``'s experts, strictly:
     a missing or unexpected key, or a shape mismatch, raises ``ValueError`` naming it."""
-    params = {f"{n}.{k}": getattr(layer, k) for n, layer in multi_lora_layers(model)
-              for k in ("lora_A", "lora_B")}
+    params = _expert_params(model)
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or unexpected:
         raise ValueError(f"state: missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")

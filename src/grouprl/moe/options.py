@@ -20,7 +20,7 @@ ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 #: all seven projections of a Llama/Qwen2 block: the code's training wrapper [CODE wrapper]
 ALL_PROJECTIONS = (*ATTENTION_PROJECTIONS, "gate_proj", "up_proj", "down_proj")
 
-MODES = ("pa-moe", "reference")
+MODES = ("pa-moe", "reference", "token")
 ROUTER_GRADS = ("joint", "straight_through", "soft")
 JOINT_PLACEMENTS = ("broadcast", "first")
 EXPERT_LOGPROBS = ("q", "hysteresis")
@@ -38,9 +38,11 @@ def check_target_modules(name: str, value: Sequence[str]) -> tuple[str, ...]:
 class PAMoEOptions:
     """All PA-MoE settings (spec §3.3). Attributes:
 
-    mode: ``"pa-moe"`` (E experts + phase router) or ``"reference"`` (what the released code
+    mode: ``"pa-moe"`` (E experts + phase router), ``"reference"`` (what the released code
         trains: one LoRA on all seven projections, router unused; ``num_experts`` is forced to 1
-        and ``target_modules`` defaults to :data:`ALL_PROJECTIONS`).
+        and ``target_modules`` defaults to :data:`ALL_PROJECTIONS`) or ``"token"`` (the study's
+        token-level baseline: E experts mixed per token by a soft gate in every layer, no
+        phase router).
     num_experts: E, LoRA experts per target layer; 4 [CODE scripts].
     rank: LoRA rank r; 32 [CODE scripts]. alpha: LoRA α; ``None`` means 2r [CODE].
     dropout: LoRA dropout on the adapter input; 0.05 [CODE].
@@ -126,5 +128,6 @@ class PAMoEOptions:
 
     @property
     def uses_router(self) -> bool:
-        """False in reference mode (the released training never calls its router)."""
+        """False in reference mode (the released training never calls its router) and in token
+        mode (its gates live in the layers)."""
         return self.mode == "pa-moe"

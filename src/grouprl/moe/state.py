@@ -16,7 +16,16 @@ from torch import nn
 
 from .lora import load_multi_lora_state_dict, multi_lora_state_dict
 
-__all__ = ["pamoe_state_dict", "load_pamoe_state_dict"]
+__all__ = ["pamoe_state_dict", "load_pamoe_state_dict", "ROUTER_ATTRIBUTE", "attached_router"]
+
+ROUTER_ATTRIBUTE = "pamoe_router"
+"""Name of the phase router sub-module on a policy that trains with it (the trainer attaches
+it, so the router travels with the model: optimizer, checkpoints, data-parallel broadcast)."""
+
+
+def attached_router(model: nn.Module) -> nn.Module | None:
+    """The router attached to ``model`` (``None``: none, e.g. reference mode)."""
+    return getattr(model, ROUTER_ATTRIBUTE, None)
 
 
 def pamoe_state_dict(model: nn.Module, router: nn.Module | None = None) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ from grouprl.recipes.preference import train_preference
 from grouprl.recipes.presafe import train_presafe
 from grouprl.recipes.rl import train_rl
 from grouprl.train.config import ConfigError, TrainConfig
+from grouprl.train.pamoe import check_pamoe_config
 from grouprl.train.setup import TrainResult
 
 __all__ = ["RECIPES", "train", "train_rl", "train_preference", "train_phgpo", "train_multiagent",
@@ -48,4 +49,5 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
         raise ConfigError(f"mode: {cfg.mode} does not run data parallel yet (only "
                           f"{', '.join(DATA_PARALLEL)}); start it as one process, without "
                           "torchrun or --nproc")
+    check_pamoe_config(cfg)                  # model.pamoe: mode rl, one process
     return RECIPES[cfg.mode](cfg, resume=resume, force=force, echo=echo)

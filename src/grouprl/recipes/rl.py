@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -62,7 +63,7 @@ from grouprl.train.sampling import Sampler
 from grouprl.train.setup import (
     StopRequest,
     TrainResult,
-    attach_lora_and_reference,
+    attach_adapters,
     default_echo,
     make_optimizer,
     prepare_run_dir,
@@ -71,6 +72,7 @@ from grouprl.train.setup import (
     step_schedule,
     stop_on_signal,
 )
+from grouprl.train.task_metrics import category_metrics
 from grouprl.train.warm_start import starting_policy
 
 __all__ = ["train_rl"]
@@ -91,23 +93,24 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
     seed_everything(cfg.seed)
     device = resolve_device(cfg.model.device)
     model, tok, logger = starting_policy(cfg, template, run_dir, device, comm, echo)   # + BC
-    model, ref_model, ref_context = attach_lora_and_reference(cfg, model, a.kl_coef > 0)
+    model, ref_model, ref_context, routing = attach_adapters(cfg, model, tok, a.kl_coef > 0)
     parallel = ParallelModel(comm, cfg.distributed.model_sharding)
     parallel.prepare(model, ref_model)                 # rank 0's weights, or FSDP2 shards
     optimizer, scheduler = make_optimizer(cfg, model, cfg.iterations)
-    generators = {"sampling": torch.Generator(device=device).manual_seed(
-                      rank_seed(cfg.seed, comm.rank)),
-                  "shuffling": torch.Generator().manual_seed(cfg.seed + 1)}
+    sampling = torch.Generator(device=device).manual_seed(rank_seed(cfg.seed, comm.rank))
+    generators = {"sampling": sampling, "shuffling": torch.Generator().manual_seed(cfg.seed + 1)}
     backend = make_rollout_backend(cfg, model, tok, generators["sampling"])   # hf | vllm
     generate_fn = make_generate_fn(model, tok, max_new_tokens=ro.max_new_tokens,
                                    temperature=ro.temperature, top_p=ro.top_p,
                                    stop=tuple(ro.stop), backend=backend)
     status, compute = IterationStatus(), compute_dtype(cfg.model.compute_dtype)
-    sampler = Sampler(cfg, status.wrap_generate(generate_fn), template, tok, comm)
-    advantages = AdvantageStage(cfg, comm)
+    sampler = Sampler(cfg, status.wrap_generate(generate_fn), template, tok, comm,
+                      lambda: routing.sampling(sampling))     # PA-MoE: a step router
+    advantages = AdvantageStage(cfg, comm, routing)
     objective = make_objective(a.loss, a.loss_options, a.loss_agg,   # engine ℓ → rollout_logp
                                {**run_settings(cfg), "engine_logprobs": engine_logprobs(backend)})
     counters = dict.fromkeys((*COUNTERS, "env_steps", "env_failures"), 0)
+    evaluate = partial(evaluate_run, cfg, model, tok, template, comm)   # + step routing
     point = parallel.resume(run_dir, logger, "eval/success_rate", model=model,
                             optimizer=optimizer, scheduler=scheduler, generators=generators,
                             seed=cfg.seed, echo=echo) if resume else ResumePoint()
@@ -118,7 +121,7 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
     success_before = comm.broadcast(point.before["eval/success_rate"] if point.before else
                                     state.get("success_before"))
     if start == 0 and success_before is None:
-        m = evaluate_run(cfg, model, tok, template, comm)
+        m = evaluate(routing.evaluation())
         success_before = m["eval/success_rate"]
         logger.log(0, m)
         echo(f"held-out success before RL: {success_before:.1%} "
@@ -136,6 +139,7 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
         """One RL iteration: rollout → rewards → advantages → update."""
         t0 = time.perf_counter()
         status.start(it)
+        routing.set_iteration(it)                              # PA-MoE: router temperature
         with torch.no_grad(), autocast(device, compute):       # forwards only, no step inside
             with parallel.generation(model):                   # FSDP2: one unshard
                 m = sampler.refresh_reward_targets(it)         # rewards: the sampler's stage
@@ -146,7 +150,7 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
             if a.ppo_epochs > 1 or a.num_mini_batches > 1 or recomputes_old_logp(backend):
                 rollout.old_logp = batched_logprobs(model, rollout, temperature=ro.temperature,
                                                     micro_batch_size=a.micro_batch_size,
-                                                    comm=comm)
+                                                    comm=comm, row_policy=routing)
             if ref_model is not None:
                 rollout.ref_logp = batched_logprobs(
                     ref_model, rollout, temperature=ro.temperature,
@@ -159,12 +163,13 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
                             micro_batch_size=a.micro_batch_size, grad_clip=cfg.optim.grad_clip,
                             temperature=ro.temperature, generator=generators["shuffling"],
                             autocast_dtype=compute, on_micro_batch=status.micro_batch,
-                            comm=comm)
+                            comm=comm, row_policy=routing)
         sync_weights(backend, model, it + 1)           # an engine's copy = the new weights
         t3 = time.perf_counter()
         out = {f"train/{k}": float(v) for k, v in rollout.metrics.items()}
         out.update(m)
         out.update(advantages.metrics(rollout, rollout.advantages))
+        out.update(category_metrics(rollout, "train"))         # multi-task: per category
         out.update({"timing/rollout_s": t1 - t0, "timing/advantage_s": t2 - t1,
                     "timing/update_s": t3 - t2, "timing/iteration_s": t3 - t0})
         return {**reduce_metrics(out, comm), **upd}    # every rank's rows; upd is global
@@ -193,7 +198,7 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
                 metrics["env/failures_total"] = float(counters["env_failures"])
                 done = it + 1
                 if (ev.every and done % ev.every == 0) or done == cfg.iterations:
-                    metrics.update(evaluate_run(cfg, model, tok, template, comm))
+                    metrics.update(evaluate(routing.evaluation()))
                     last_success = metrics["eval/success_rate"]
                 logger.log(done, metrics)
                 bar.update(done, success=metrics["train/success_rate"],

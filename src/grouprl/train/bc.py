@@ -198,6 +198,7 @@ def clone_behaviour(model: torch.nn.Module, tokenizer: Any, samples: Sequence[Ex
         perm = torch.randperm(n, generator=gen)
         for start in range(0, n, batch_size):
             if max_updates is not None and len(losses) >= max_updates:
+                opt.zero_grad(set_to_none=True)
                 return losses
             idx = perm[start:start + batch_size]
             pm = data["prompt_mask"][idx]
@@ -221,4 +222,5 @@ def clone_behaviour(model: torch.nn.Module, tokenizer: Any, samples: Sequence[Ex
             losses.append(float(loss.detach()))
             if on_update is not None:
                 on_update(len(losses), float(loss))
+    opt.zero_grad(set_to_none=True)          # no gradient outlives cloning (LoRA freezes later)
     return losses

@@ -14,6 +14,8 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import _remove_duplicate_names, load_file, load_model, save_file, save_model
 
+from grouprl.moe import attached_router, load_pamoe_state_dict, multi_lora_layers, pamoe_state_dict
+
 __all__ = ["MODEL_FILE", "ADAPTER_CONFIG_FILE", "save_model_file", "load_model_file",
            "save_full_state", "with_tied", "safe_tensors"]
 
@@ -45,7 +47,17 @@ def _as_peft(model: torch.nn.Module) -> Any | None:
     return model if isinstance(model, peft.PeftModel) else None
 
 
+def _has_experts(model: torch.nn.Module) -> bool:
+    """Whether ``model`` trains PA-MoE experts (:mod:`grouprl.moe`): only they are saved."""
+    return any(True for _ in multi_lora_layers(model))
+
+
 def save_model_file(directory: Path, model: torch.nn.Module) -> None:
+    if _has_experts(model):            # experts + router, the frozen base stays out
+        save_file(safe_tensors(pamoe_state_dict(model, attached_router(model))),
+                  str(directory / MODEL_FILE),
+                  metadata={"format": "pt", "grouprl_content": "pamoe_experts"})
+        return
     peft_model = _as_peft(model)
     if peft_model is None:
         save_model(model, str(directory / MODEL_FILE), metadata={"format": "pt"})
@@ -97,6 +109,14 @@ def with_tied(state: dict[str, torch.Tensor], model: torch.nn.Module
 
 
 def load_model_file(directory: Path, model: torch.nn.Module) -> None:
+    if _has_experts(model):
+        try:
+            load_pamoe_state_dict(model, attached_router(model),
+                                  load_file(str(directory / MODEL_FILE)))
+        except ValueError as err:
+            raise ValueError(f"model: the experts in {directory} do not fit this model "
+                             f"(model.pamoe settings changed?): {err}") from None
+        return
     peft_model = _as_peft(model)
     has_adapter = (directory / ADAPTER_CONFIG_FILE).is_file()
     if peft_model is None:

@@ -46,6 +46,7 @@ from grouprl.rewards.shaping import available_shapers, make_shaper
 from grouprl.rewards.stage import dot_options, split_reward_options
 from grouprl.train.config import ConfigError, TrainConfig
 from grouprl.train.estimate import run_settings
+from grouprl.train.pamoe import check_pamoe_config
 from grouprl.train.sampling import oversampling_options, single_turn
 from grouprl.train.setup import resolve_device
 from grouprl.train.team_checks import check_multiagent_config
@@ -132,6 +133,7 @@ def check_rl_config(cfg: TrainConfig) -> PromptTemplate:
     """Every cross-key check of an RL run; returns the prompt template (a multi-agent run:
     :func:`check_multiagent_config`, which ``grouprl config`` reaches through here)."""
     check_generation_backend(cfg)
+    check_pamoe_config(cfg)
     if cfg.mode == "multiagent":
         return check_multiagent_config(cfg)
     a, r, ro = cfg.algorithm, cfg.reward, cfg.rollout

@@ -15,6 +15,7 @@ from pydantic.dataclasses import dataclass
 
 from grouprl.train.config_modes import MultiAgentConfig, PhGPOConfig
 from grouprl.train.config_types import SCHEMA, Bool, Float, Int, Str, list_default
+from grouprl.train.pamoe_config import PAMoEConfig
 from grouprl.train.presafe_config import PreSafeConfig
 
 __all__ = ["SCHEMA", "Int", "Bool", "Str", "Float", "TinyModelConfig", "LoraConfig", "ModelConfig",
@@ -73,6 +74,8 @@ class ModelConfig:
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig,
                                   description="the tiny model (model.path=null)")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters")
+    pamoe: PAMoEConfig = Field(default_factory=PAMoEConfig,
+                               description="PA-MoE: LoRA experts routed per env step")
 
 
 @dataclass(config=SCHEMA)

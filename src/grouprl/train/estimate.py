@@ -19,6 +19,7 @@ from grouprl.batch import Rollout
 from grouprl.distributed import LOCAL, Comm
 from grouprl.train.config import TrainConfig
 from grouprl.train.learner import mean_token_entropy
+from grouprl.train.row_policy import PLAIN, RowPolicy
 from grouprl.train.sampling import single_turn
 
 __all__ = ["AdvantageStage", "run_settings", "ROW_INPUTS"]
@@ -40,8 +41,9 @@ def run_settings(cfg: TrainConfig) -> dict[str, Any]:
 class AdvantageStage:
     """``algorithm.estimator`` with its options resolved against the run (see module doc)."""
 
-    def __init__(self, cfg: TrainConfig, comm: Comm = LOCAL) -> None:
-        self.cfg, self.comm = cfg, comm
+    def __init__(self, cfg: TrainConfig, comm: Comm = LOCAL,
+                 row_policy: RowPolicy = PLAIN) -> None:
+        self.cfg, self.comm, self.row_policy = cfg, comm, row_policy
         self.name = cfg.algorithm.estimator
         self.spec = estimator_spec(self.name)
         run = {**run_settings(cfg), "comm": comm}  # batch-wide statistics over every rank
@@ -61,7 +63,8 @@ class AdvantageStage:
                 out[option] = mean_token_entropy(model, rollout,
                                                  temperature=self.cfg.rollout.temperature,
                                                  micro_batch_size=a.micro_batch_size,
-                                                 comm=self.comm)
+                                                 comm=self.comm,
+                                                 row_policy=self.row_policy)
             elif name not in ROW_INPUTS:
                 raise ValueError(f"estimator {self.name!r} needs row input {name!r}; this "
                                  f"trainer supplies: {', '.join(ROW_INPUTS)}")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from grouprl.agent.prompts import PromptTemplate
-from grouprl.agent.rollout import collect_rollouts
+from grouprl.agent.rollout import StepRouting, collect_rollouts
 from grouprl.batch import Rollout
 from grouprl.distributed import LOCAL, Comm, shard_bounds
 from grouprl.distributed.fsdp import gathered
@@ -30,6 +30,7 @@ from grouprl.policy.backends import (
 from grouprl.policy.precision import autocast, compute_dtype
 from grouprl.train.config import TrainConfig
 from grouprl.train.sampling import raw_action, single_turn
+from grouprl.train.task_metrics import category_metrics
 
 __all__ = ["make_generate_fn", "make_rollout_backend", "evaluate_policy", "evaluate_run",
            "eval_seeds", "response_length_metrics"]
@@ -81,10 +82,12 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: Any, *, env_name: str, en
                     backend: str = "serial", step_timeout: float | None = 30.0,
                     num_workers: int | None = None, batch_size: int | None = None,
                     pool: EnvPool | None = None, raw_action: bool = False,
-                    max_prompt_tokens: int | None = None, shard: tuple[int, int] | None = None
-                    ) -> tuple[dict[str, float], Rollout]:
+                    max_prompt_tokens: int | None = None, shard: tuple[int, int] | None = None,
+                    routing: StepRouting | None = None) -> tuple[dict[str, float], Rollout]:
     """Metrics ``eval/*`` of the policy on the held-out tasks, and the rollout itself;
-    ``shard = (lo, hi)``: only held-out tasks ``lo … hi−1`` (a data-parallel rank's share)."""
+    ``shard = (lo, hi)``: only held-out tasks ``lo … hi−1`` (a data-parallel rank's share);
+    ``routing``: a routed policy's step router (PA-MoE, greedy). Multi-task envs add
+    ``eval/success_rate/<category>`` and friends (:mod:`grouprl.train.task_metrics`)."""
     device = next(model.parameters()).device
     lo, hi = shard if shard is not None else (0, episodes)
     seeds = eval_seeds(episodes, seed_offset)[lo:hi]
@@ -104,7 +107,7 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: Any, *, env_name: str, en
                 history_length=history_length, action_tag=action_tag, allow_plain=allow_plain,
                 raw_action=raw_action,
                 tokenizer=tokenizer, use_chat_template=use_chat_template,
-                pad_token_id=tokenizer.pad_token_id or 0)
+                pad_token_id=tokenizer.pad_token_id or 0, routing=routing)
     finally:
         if own:
             pool.close()
@@ -113,6 +116,7 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: Any, *, env_name: str, en
                                            "invalid_rate", "failed_trajectories",
                                            "nonfinite_reward_trajectories")}
     metrics.update(response_length_metrics(rollout, prefix="eval/"))
+    metrics.update(category_metrics(rollout, "eval"))
     return metrics, rollout
 
 
@@ -138,13 +142,19 @@ EVAL_SUMMED = ("eval/failed_trajectories", "eval/nonfinite_reward_trajectories")
 def _episode_weighted(parts: list[tuple[dict[str, float], int]]) -> dict[str, float]:
     """Ranks' evaluation metrics combined: counts summed, the rest weighted by each rank's
     episodes (response-length percentiles: the weighted mean of the ranks' percentiles)."""
-    total = sum(n for _, n in parts) or 1
-    return {k: (sum(m[k] for m, _ in parts) if k in EVAL_SUMMED
-                else sum(m[k] * n for m, n in parts) / total) for k in parts[0][0]}
+    keys = list(dict.fromkeys(k for m, _ in parts for k in m))   # per-category keys may differ
+    out = {}
+    for k in keys:
+        have = [(m[k], n) for m, n in parts if k in m]
+        total = sum(n for _, n in have) or 1
+        out[k] = sum(v for v, _ in have) if k in EVAL_SUMMED else \
+            sum(v * n for v, n in have) / total
+    return out
 
 
 def evaluate_run(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any,
-                 template: PromptTemplate, comm: Comm = LOCAL) -> dict[str, float]:
+                 template: PromptTemplate, comm: Comm = LOCAL,
+                 routing: StepRouting | None = None) -> dict[str, float]:
     """Held-out metrics of a run's policy with the run's settings (``eval.*`` over ``env.*``,
     ``rollout.*``): what the RL recipe logs and ``grouprl eval`` prints. Single-turn runs also
     report ``eval/accuracy`` (= the success rate). Data parallel: each rank evaluates its block
@@ -163,7 +173,7 @@ def evaluate_run(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any,
             raw_action=raw_action(cfg), use_chat_template=cfg.agent.use_chat_template,
             backend=cfg.env.backend, step_timeout=cfg.env.step_timeout,
             num_workers=cfg.env.num_workers, batch_size=ro.generation_batch_size,
-            max_prompt_tokens=ro.max_prompt_tokens, shard=shard)
+            max_prompt_tokens=ro.max_prompt_tokens, shard=shard, routing=routing)
     if comm.distributed:
         metrics = _episode_weighted(comm.gather((metrics, shard[1] - shard[0])))
     if single_turn(cfg):

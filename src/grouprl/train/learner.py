@@ -48,6 +48,7 @@ from grouprl.train.batching import (
     micro_slices,
     row_batches,
 )
+from grouprl.train.row_policy import PLAIN, RowPolicy
 
 __all__ = ["update_policy", "batched_logprobs", "micro_slices", "row_batches", "group_batches",
            "mean_token_entropy"]
@@ -60,20 +61,28 @@ def _device(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
+def _routed(row_policy: RowPolicy, rows: Rollout, idx: torch.Tensor | None,
+            grad: bool = False) -> contextlib.AbstractContextManager:
+    """The context of one micro-batch's forward (a filler row of a lock-step rank: none)."""
+    return (row_policy if idx is not None else PLAIN).micro_batch(rows, idx, grad=grad).context()
+
+
 @torch.no_grad()
 def batched_logprobs(model: torch.nn.Module, rows: Rollout, *, temperature: float,
                      micro_batch_size: int, context: Callable[[], Any] | None = None,
-                     comm: Comm = LOCAL) -> torch.Tensor:
-    """(N, R) log-probs of the responses under ``model`` (no gradient), e.g. old or ref."""
+                     comm: Comm = LOCAL, row_policy: RowPolicy = PLAIN) -> torch.Tensor:
+    """(N, R) token log-probs of the responses under ``model`` (no gradient), e.g. old or ref;
+    each micro-batch runs in ``row_policy``'s context (routed rows)."""
     out = torch.zeros(rows.response_ids.shape, dtype=torch.float32)
     was_training = model.training
     model.eval()
     with context() if context is not None else contextlib.nullcontext():
         for idx, mb in micro_slices(rows, torch.arange(len(rows)), micro_batch_size,
                                     _device(model), comm):
-            logp, _ = response_logprobs(model, mb["prompt_ids"], mb["prompt_mask"],
-                                        mb["response_ids"], mb["response_mask"],
-                                        temperature=temperature)
+            with _routed(row_policy, rows, idx):
+                logp, _ = response_logprobs(model, mb["prompt_ids"], mb["prompt_mask"],
+                                            mb["response_ids"], mb["response_mask"],
+                                            temperature=temperature)
             if idx is not None:
                 out[idx, :logp.shape[1]] = logp.float().cpu()
     model.train(was_training)
@@ -82,16 +91,18 @@ def batched_logprobs(model: torch.nn.Module, rows: Rollout, *, temperature: floa
 
 @torch.no_grad()
 def mean_token_entropy(model: torch.nn.Module, rows: Rollout, *, temperature: float,
-                       micro_batch_size: int, comm: Comm = LOCAL) -> torch.Tensor:
+                       micro_batch_size: int, comm: Comm = LOCAL,
+                       row_policy: RowPolicy = PLAIN) -> torch.Tensor:
     """(N,) mean per-token entropy of each response under ``model`` (no gradient)."""
     out = torch.zeros(len(rows), dtype=torch.float64)
     was_training = model.training
     model.eval()
     for idx, mb in micro_slices(rows, torch.arange(len(rows)), micro_batch_size, _device(model),
                                 comm):
-        _, ent = response_logprobs(model, mb["prompt_ids"], mb["prompt_mask"],
-                                   mb["response_ids"], mb["response_mask"],
-                                   temperature=temperature, with_entropy=True)
+        with _routed(row_policy, rows, idx):
+            _, ent = response_logprobs(model, mb["prompt_ids"], mb["prompt_mask"],
+                                       mb["response_ids"], mb["response_mask"],
+                                       temperature=temperature, with_entropy=True)
         if idx is None:
             continue
         mask = mb["response_mask"].to(ent.dtype)
@@ -103,18 +114,22 @@ def mean_token_entropy(model: torch.nn.Module, rows: Rollout, *, temperature: fl
 @torch.no_grad()
 def _mini_batch_kl(model: torch.nn.Module, rows: Rollout, micro: list[torch.Tensor | None],
                    g_tokens: torch.Tensor, temperature: float, device: torch.device,
-                   autocast_dtype: torch.dtype | None = None, comm: Comm = LOCAL
-                   ) -> torch.Tensor:
+                   autocast_dtype: torch.dtype | None = None, comm: Comm = LOCAL,
+                   row_policy: RowPolicy = PLAIN) -> torch.Tensor:
     """``KL_old`` of a whole (global) mini-batch: token mean of ``ℓ^old − ℓ^θ`` (one no-grad
-    forward per micro-batch; the sum all-reduced over ranks)."""
+    forward per micro-batch; the sum all-reduced over ranks; routed rows: joint log-probs)."""
     total = torch.zeros((), device=device)
     for idx in micro:
         mb = gather(rows, idx, device) if idx is not None else filler_batch(device)
-        logp, _ = response_logprobs(model, mb["prompt_ids"], mb["prompt_mask"],
-                                    mb["response_ids"], mb["response_mask"],
-                                    temperature=temperature, autocast_dtype=autocast_dtype)
+        fwd = (row_policy if idx is not None else PLAIN).micro_batch(rows, idx, grad=False)
+        with fwd.context():
+            logp, _ = response_logprobs(model, mb["prompt_ids"], mb["prompt_mask"],
+                                        mb["response_ids"], mb["response_mask"],
+                                        temperature=temperature, autocast_dtype=autocast_dtype)
         if idx is not None:
-            total = total + masked_kl_sum(mb["old_logp"], logp, mb["response_mask"].bool())
+            mask = mb["response_mask"].bool()
+            logp, old = fwd.joint(logp, mask, mb["old_logp"])
+            total = total + masked_kl_sum(old, logp, mask)
     if comm.distributed:              # dtype fixed: a rank without micro-batches adds 0
         total = comm.sum(total.double().reshape(1))[0]
     return total / g_tokens.clamp(min=1)
@@ -181,7 +196,7 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
                   temperature: float = 1.0, generator: torch.Generator | None = None,
                   log_entropy: bool = True, autocast_dtype: torch.dtype | None = None,
                   on_micro_batch: Callable[[int, int], None] | None = None,
-                  comm: Comm = LOCAL) -> dict[str, float]:
+                  comm: Comm = LOCAL, row_policy: RowPolicy = PLAIN) -> dict[str, float]:
     """Run the PPO-style update on ``rows`` and return averaged metrics.
 
     ``objective`` (:func:`grouprl.losses.objective.make_objective`) is the loss term and its
@@ -201,6 +216,10 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
     ``comm``: data parallel over ranks (module docstring); every rank must call this with its
     own rows and a shuffling ``generator`` in the same state. Metrics are global: summed
     losses all-reduced, other per-micro-batch means averaged over ranks.
+
+    ``row_policy`` (:mod:`grouprl.train.row_policy`): routed rows (PA-MoE) — each micro-batch's
+    forward runs in its context and the loss sees its joint log-probs (new and old); its
+    mini-batch loss (the router's auxiliary terms) is added to each optimizer step.
     """
     n = len(rows)
     for name in objective.row_inputs:
@@ -225,6 +244,7 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
     device = _device(model)
     model.train()
     done = 0
+    routing_metrics = row_policy.begin(rows) if n else {}
     all_groups = None
     if objective.batching == "groups" and comm.distributed:
         local = rows.column("group_id").unique().tolist() if n else []
@@ -252,25 +272,36 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
             if objective.needs_mini_batch_kl and (rows.old_logp is not None or not n) and \
                     (len(micro) > 1 or comm.distributed):
                 kl_mini = _mini_batch_kl(model, rows, steps, g_tokens, temperature, device,
-                                         autocast_dtype, comm)
+                                         autocast_dtype, comm, row_policy)
             finite = True
             sums = dict.fromkeys(("actor/pg_loss", "actor/kl", "actor/entropy",
                                   *objective.summed_metrics), 0.0)
+            extra, extra_m = row_policy.mini_batch_loss(rows, torch.cat(micro)) if micro \
+                else (None, {})
+            if extra is not None:                 # e.g. the router's auxiliary terms
+                finite = bool(torch.isfinite(extra))
+                if finite:
+                    extra.backward()
+            for key, value in extra_m.items():
+                logged.add(key, float(value))
             for idx in steps:
                 if idx is None:                       # FSDP2 filler: join the collectives
                     _join_collectives(model, device, temperature, autocast_dtype)
                     continue
                 mb = gather(rows, idx, device, objective.row_inputs)
                 mask = mb["response_mask"].bool()
-                logp, entropy = response_logprobs(
-                    model, mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"],
-                    mb["response_mask"], temperature=temperature, with_entropy=with_entropy,
-                    autocast_dtype=autocast_dtype)
+                fwd = row_policy.micro_batch(rows, idx, grad=True)
+                with fwd.context():
+                    logp, entropy = response_logprobs(
+                        model, mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"],
+                        mb["response_mask"], temperature=temperature, with_entropy=with_entropy,
+                        autocast_dtype=autocast_dtype)
                 if updates + skipped == 0 and rows.logprobs is not None:
                     sampled = rows.logprobs[idx][:, :logp.shape[1]].to(device)
                     gap[0] += float(((sampled - logp.detach()).abs() * mask).sum())
                     gap[1] += int(mask.sum())
-                pg, m = objective(logp, mb.get("old_logp"), mask, mb, global_tokens=g_tokens,
+                joint, old = fwd.joint(logp, mask, mb.get("old_logp"))   # routed: + log q(e)
+                pg, m = objective(joint, old, mask, mb, global_tokens=g_tokens,
                                   global_seqs=g_seqs, groups=groups, kl_mini=kl_mini)
                 total = pg
                 if kl_coef > 0:
@@ -307,7 +338,8 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
             if finite:
                 if not comm.lockstep:
                     all_reduce_gradients(model.parameters(), comm)
-                params = [p for p in model.parameters() if p.grad is not None]
+                params = [p for p in model.parameters()
+                          if p.requires_grad and p.grad is not None]
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(
                     params, grad_clip if grad_clip is not None else float("inf")))
                 finite = math.isfinite(grad_norm)
@@ -322,7 +354,7 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows
                 if (key != "actor/kl" or kl_coef > 0) and (key != "actor/entropy" or with_entropy):
                     logged.add(key, value)
     optimizer.zero_grad(set_to_none=True)
-    out = _rank_mean(logged.result(), comm)
+    out = {**routing_metrics, **_rank_mean(logged.result(), comm)}
     out["train/skipped_updates"] = float(skipped)
     out["actor/updates"] = float(updates)
     gap = comm.sum_floats(gap) if comm.distributed else gap

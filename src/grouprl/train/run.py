@@ -18,6 +18,8 @@ from grouprl.train.config import (
     build_config,
     override,
 )
+from grouprl.train.pamoe import attach_pamoe
+from grouprl.train.pamoe_config import pamoe_options
 from grouprl.train.resume import check_resume_config, read_saved_config
 from grouprl.train.setup import apply_lora_config, load_or_build_policy, resolve_device
 from grouprl.train.warm_start import env_corpus
@@ -97,7 +99,10 @@ def load_trained_policy(run_dir: str | Path, checkpoint: str | Path | None = Non
         raise ConfigError(f"agent.template: {err}") from None
     model, tok = load_or_build_policy(cfg, run_dir, lambda: env_corpus(cfg, template),
                                       lambda s: None)
-    model = apply_lora_config(cfg, model).to(resolve_device(cfg.model.device))
+    model = apply_lora_config(cfg, model)
+    if cfg.model.pamoe.enabled:                          # the experts + router the run trained
+        attach_pamoe(model, pamoe_options(cfg.model.pamoe))
+    model = model.to(resolve_device(cfg.model.device))
     ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
     iteration = 0
     if ckpt is not None:

@@ -24,7 +24,7 @@ import torch
 
 from grouprl.advantages.segments import segment_stats
 from grouprl.agent.prompts import PromptTemplate
-from grouprl.agent.rollout import collect_rollouts
+from grouprl.agent.rollout import StepRouting, collect_rollouts
 from grouprl.batch import Rollout, concat_rollouts, select_groups
 from grouprl.distributed import LOCAL, Comm, shard_bounds
 from grouprl.envs import EnvPool, make_env
@@ -165,9 +165,11 @@ class Sampler:
     """Rollouts of a run: env pools, generation, the reward stage and dynamic sampling."""
 
     def __init__(self, cfg: TrainConfig, generate_fn: Callable, template: PromptTemplate,
-                 tokenizer: Any, comm: Comm = LOCAL) -> None:
+                 tokenizer: Any, comm: Comm = LOCAL,
+                 step_routing: Callable[[], StepRouting | None] | None = None) -> None:
         self.cfg, self.generate_fn, self.template, self.tokenizer = \
             cfg, generate_fn, template, tokenizer
+        self.step_routing = step_routing       # a routed policy's step router per rollout
         self.comm = comm
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stage, self._probe = make_reward_stage(cfg, tokenizer)
@@ -194,7 +196,8 @@ class Sampler:
             action_tag=cfg.agent.action_tag, allow_plain=cfg.agent.allow_plain,
             raw_action=raw_action(cfg), tokenizer=self.tokenizer,
             use_chat_template=cfg.agent.use_chat_template, pad_token_id=self.pad_id,
-            group_offset=offset, traj_offset=offset * ro.group_size, vocabulary=self.vocabulary)
+            group_offset=offset, traj_offset=offset * ro.group_size, vocabulary=self.vocabulary,
+            routing=self.step_routing() if self.step_routing is not None else None)
 
     def refresh_reward_targets(self, it: int) -> dict[str, float]:
         """Reward shapers whose targets come from a monitor rollout (LASER-D/DE, spec §A4)

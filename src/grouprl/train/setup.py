@@ -8,6 +8,7 @@ Each function does one job; a recipe calls them in order (:mod:`grouprl.recipes`
     seed_everything(cfg.seed); device = resolve_device(cfg.model.device)
     model, tok  = load_or_build_policy(cfg, run_dir, corpus, echo)
     model, ref, ref_context = attach_lora_and_reference(cfg, model, need_reference)
+                  # (RL: attach_adapters, which also covers model.pamoe's routed experts)
     optimizer, scheduler    = make_optimizer(cfg, model, total_steps)
 """
 
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from grouprl.moe import attached_router
 from grouprl.policy import (
     LoraOptions,
     apply_lora,
@@ -41,12 +43,14 @@ from grouprl.train.checkpoint import latest_checkpoint, list_checkpoints
 from grouprl.train.config import ConfigError, TrainConfig, config_to_dict
 from grouprl.train.config_diff import format_change
 from grouprl.train.metrics import METRICS_FILE
+from grouprl.train.pamoe import make_phase_routing
 from grouprl.train.resume import (
     CONFIG_FILE,
     check_resume_config,
     read_saved_config,
     refuse_legacy_checkpoints,
 )
+from grouprl.train.row_policy import PLAIN
 from grouprl.train.safe_io import write_text_atomically
 from grouprl.train.saved_model import (
     load_verified_model_dir,
@@ -56,7 +60,8 @@ from grouprl.train.saved_model import (
 
 __all__ = ["WARM_START_DIR", "BASE_MODEL_DIR", "TrainResult", "prepare_run_dir",
            "seed_everything", "resolve_device", "StopRequest", "stop_on_signal",
-           "TinyCorpus", "load_or_build_policy", "attach_lora_and_reference", "lr_lambda",
+           "TinyCorpus", "load_or_build_policy", "attach_lora_and_reference", "attach_adapters",
+           "lr_lambda",
            "make_optimizer", "default_echo", "step_schedule"]
 
 WARM_START_DIR = "warm_start"
@@ -248,6 +253,19 @@ def attach_lora_and_reference(cfg: TrainConfig, model: torch.nn.Module, need_ref
     return model, frozen_copy(model), None
 
 
+def attach_adapters(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any,
+                    need_reference: bool) -> tuple[torch.nn.Module, Any, Any, Any]:
+    """``(policy, reference, reference_context, routing)``: ``model.pamoe`` injects routed
+    LoRA experts and the phase router (routing: :class:`grouprl.train.pamoe.PhaseRouting`, the
+    reference the base under ``adapters_disabled``); otherwise
+    :func:`attach_lora_and_reference` and :data:`~grouprl.train.row_policy.PLAIN` routing."""
+    if cfg.model.pamoe.enabled:
+        routing, base = make_phase_routing(cfg, model, tokenizer)
+        return model, (model if need_reference else None), \
+            (base if need_reference else None), routing
+    return (*attach_lora_and_reference(cfg, model, need_reference), PLAIN)
+
+
 def lr_lambda(total: int, warmup: int, schedule: str) -> Callable[[int], float]:
     """LR multiplier per scheduler step: linear warm-up, then constant / linear / cosine decay
     over ``total`` steps."""
@@ -268,9 +286,17 @@ def lr_lambda(total: int, warmup: int, schedule: str) -> Callable[[int], float]:
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module, total_steps: int
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the trainable parameters and its LR schedule (``optim.*``)."""
+    """AdamW over the trainable parameters and its LR schedule (``optim.*``); a PA-MoE router
+    is its own parameter group when ``model.pamoe.router_lr`` is set."""
     o = cfg.optim
-    params = [p for p in model.parameters() if p.requires_grad]
+    router = attached_router(model)
+    router_lr = cfg.model.pamoe.router_lr if router is not None else None
+    own = {id(p) for p in router.parameters()} if router_lr is not None else set()
+    params: list[Any] = [p for p in model.parameters() if p.requires_grad and id(p) not in own]
+    if own:
+        params = [{"params": params},
+                  {"params": [p for p in router.parameters() if p.requires_grad],
+                   "lr": router_lr}]
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                   weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
