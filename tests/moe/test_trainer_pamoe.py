@@ -215,7 +215,7 @@ def test_an_expert_learns_only_from_its_rows_and_the_router_from_the_joint_ratio
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     metrics = _update(model, only_one, r)
     after = dict(model.named_parameters())
-    for name, layer in multi_lora_layers(model):
+    for name, _ in multi_lora_layers(model):
         for kind in ("lora_A", "lora_B"):
             old, new = before[f"{name}.{kind}"], after[f"{name}.{kind}"]
             assert torch.equal(old[[0, 2]], new[[0, 2]])                # gradient isolation
