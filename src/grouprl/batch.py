@@ -265,6 +265,7 @@ class Rollout:
     old_logp: torch.Tensor | None = _kind(_RIGHT)  # (N, R) behaviour log-probs (recomputed)
     ref_logp: torch.Tensor | None = _kind(_RIGHT)  # (N, R) reference log-probs (KL)
     category: list[str | None] = _kind(_LIST, factory=list)  # task category of each row
+    observations: list[str] = _kind(_LIST, factory=list)    # the env observation each row saw
     expert: torch.Tensor | None = _kind(_ROW)       # (N,) routed LoRA expert (PA-MoE)
     expert_logp: torch.Tensor | None = _kind(_ROW)  # (N,) its rollout log-prob log q(e)
     router_obs: torch.Tensor | None = _kind(_ROW)   # (N, d) router feature of the observation

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from grouprl.agent.prompts import get_template
 from grouprl.agent.rollout import collect_rollouts
-from grouprl.batch import RolloutBatch
+from grouprl.batch import Rollout, RolloutBatch
 from grouprl.cli import main
 from grouprl.envs import EnvPool, SokobanEnv, register_env
 from grouprl.envs.sokoban import SokobanLevel
@@ -33,12 +33,13 @@ from grouprl.policy import Generation, build_tiny_policy
 from grouprl.policy.load import LoraOptions, apply_lora
 from grouprl.policy.merge import merge_generations
 from grouprl.recipes import train
-from grouprl.train import ConfigError, load_config
+from grouprl.train import ConfigError, load_config, sampling
 from grouprl.train.checkpoint import latest_checkpoint
 from grouprl.train.evaluate import make_generate_fn
 from grouprl.train.learner import batched_logprobs, update_policy
 from grouprl.train.metrics import read_metrics
 from grouprl.train.pamoe import PhaseRouting, attach_pamoe
+from grouprl.train.pamoe_pretrain import phase_labels
 from grouprl.train.row_policy import PLAIN
 from grouprl.train.sampling import Sampler
 
@@ -272,8 +273,6 @@ def test_pamoe_run_resumes_exactly_and_saves_only_experts_and_router(tmp_path, m
     assert any(k.startswith("router.") for k in saved)
 
     cut = _config(tmp_path / "b", *common)
-    from grouprl.train import sampling
-
     real = Sampler.rollout
 
     def interrupt(self, it, *a, **kw):
@@ -329,3 +328,34 @@ def test_the_baseline_modes_train_in_the_recipe(tmp_path, mode, router, gates):
     assert any(k.endswith("token_gate.weight") for k in saved) == gates
     experts = {v.shape[0] for k, v in saved.items() if k.endswith("lora_A")}
     assert experts == ({1} if mode == "reference" else {3})
+
+
+def test_phase_labels_follow_the_keyword_rules_per_trajectory():
+    batch = RolloutBatch(group_id=torch.zeros(5, dtype=torch.long),
+                         traj_id=torch.tensor([7, 7, 7, 3, 3]), step=torch.tensor([2, 0, 1, 0, 1]),
+                         reward=torch.tensor([0.0, 0.0, 0.0, -1.0, 0.0]))
+    rows = Rollout(batch=batch, prompt_ids=torch.zeros(5, 1, dtype=torch.long),
+                   prompt_mask=torch.ones(5, 1, dtype=torch.long),
+                   response_ids=torch.zeros(5, 1, dtype=torch.long),
+                   response_mask=torch.ones(5, 1, dtype=torch.long),
+                   responses=["<action>go to desk 1</action>", "<action>take mug 1</action>",
+                              "<action>heat mug 1</action>", "look", "go to shelf 2"],
+                   observations=["You heat the mug.", "You see a mug.", "You take the mug.",
+                                 "Nothing happens.", "Nothing happens."])
+    # traj 7 in step order: take (interact), heat (interact), go to after take+heat (navigate)
+    assert phase_labels(rows).tolist() == [2, 1, 1, 0, 0]
+    assert phase_labels(rows, "taken").tolist() == [2, 1, 1, 0, 0]
+
+
+def test_router_pretraining_runs_before_rl_and_lowers_its_loss(tmp_path):
+    cfg = _config(tmp_path, "iterations=1", "eval.every=0", "model.pamoe.num_experts=4",
+                  "model.pamoe.pretrain_rollouts=2", "model.pamoe.pretrain_epochs=20",
+                  "model.pamoe.pretrain_lr=0.01")
+    train(cfg, echo=lambda s: None)
+    first = next(r for r in read_metrics(cfg.run_dir) if "router/pretrain_rows" in r)
+    assert first["iteration"] == 0 and first["router/pretrain_rows"] > 0
+    assert first["router/pretrain_loss_last"] < first["router/pretrain_loss_first"]
+    assert sum(first[f"router/pretrain_label/{p}"] for p in
+               ("explore", "interact", "navigate", "recover")) == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="num_experts >= 4"):
+        train(_config(tmp_path / "x", "model.pamoe.pretrain_rollouts=1"), echo=lambda s: None)

@@ -132,6 +132,7 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
     rec_next: list[Hashable] = []
     rec_invalid: list[bool] = []
     rec_text: list[str] = []
+    rec_obs: list[str] = []
     rec_truncated: list[bool] = []
     rec_extra: list[dict | None] = []
     prompt_parts: list[torch.Tensor] = []
@@ -171,6 +172,7 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
             rec_step.append(t)
             rec_state.append(anchor[i])
             rec_text.append(gen.texts[j])
+            rec_obs.append(observation[i])
             rec_truncated.append(bool(truncated[j]))
             rec_extra.append(None if res.failed else res.extra)
             rec_invalid.append(bool(truncated[j] or not parsed[j].valid or not res.valid))
@@ -245,6 +247,7 @@ def collect_rollouts(pool: Any, generate_fn: Callable[[list[str]], Any], *,
                    responses=[rec_text[k] for k in idx], metrics=metrics,
                    truncated=torch.tensor(rec_truncated, dtype=torch.bool)[order],
                    extras=[rec_extra[k] for k in idx],
+                   observations=[rec_obs[k] for k in idx],
                    category=[category[i] for i in envs_kept.tolist()],
                    **({k: v[order] for k, v in routing.columns().items()}
                       if routing is not None else {}))

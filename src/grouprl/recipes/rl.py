@@ -121,7 +121,7 @@ def train_rl(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
     success_before = comm.broadcast(point.before["eval/success_rate"] if point.before else
                                     state.get("success_before"))
     if start == 0 and success_before is None:
-        m = evaluate(routing.evaluation())
+        m = {**routing.pretrain(sampler), **evaluate(routing.evaluation())}   # PA-MoE: opt.
         success_before = m["eval/success_rate"]
         logger.log(0, m)
         echo(f"held-out success before RL: {success_before:.1%} "

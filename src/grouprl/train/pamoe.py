@@ -55,6 +55,7 @@ from grouprl.moe import (
 from grouprl.policy.merge import merge_generations
 from grouprl.train.config import ConfigError
 from grouprl.train.pamoe_config import pamoe_options
+from grouprl.train.pamoe_pretrain import PRETRAIN_ITERATION, RouterPretraining, pretrain_router
 from grouprl.train.row_policy import PLAIN, RowForward
 
 __all__ = ["ROUTER_MODULE", "attach_pamoe", "PhaseRouting", "StepRouter", "check_pamoe_config",
@@ -131,8 +132,10 @@ class PhaseRouting:
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, options: PAMoEOptions,
                  router: PhaseRouter | None, *, feature_max_tokens: int | None = None,
-                 feature_batch_size: int | None = None) -> None:
+                 feature_batch_size: int | None = None,
+                 pretraining: RouterPretraining | None = None) -> None:
         self.model, self.tokenizer, self.options, self.router = model, tokenizer, options, router
+        self.pretraining = pretraining or RouterPretraining()
         self.feature_max_tokens, self.feature_batch_size = feature_max_tokens, feature_batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -143,6 +146,17 @@ class PhaseRouting:
         o = self.options
         self.temperature = temperature_at(iteration, o.temperature_init, o.temperature_min,
                                           o.temperature_decay)
+
+    def pretrain(self, sampler: Any) -> dict[str, float]:
+        """Router pre-training before RL (:mod:`grouprl.train.pamoe_pretrain`; off unless
+        ``pretrain_rollouts`` > 0): the sampler's rollouts of pseudo-iterations
+        ``PRETRAIN_ITERATION + k`` labelled by the keyword phases."""
+        n = self.pretraining.rollouts
+        if self.router is None or n == 0:
+            return {}
+        with torch.no_grad():
+            rollouts = [sampler.rollout(PRETRAIN_ITERATION + k)[0] for k in range(n)]
+        return pretrain_router(self, rollouts, self.pretraining)
 
     # ---------------------------------------------------------------- rollout
     def sampling(self, generator: torch.Generator | None) -> StepRouter | None:
@@ -163,6 +177,10 @@ class PhaseRouting:
     # ---------------------------------------------------------------- learner hooks
     def probs(self, rows: Rollout) -> torch.Tensor:
         """(N, E) q of every row, recomputed teacher-forced over whole trajectories."""
+        return routing_probs(self.logits(rows), self.temperature)
+
+    def logits(self, rows: Rollout) -> torch.Tensor:
+        """(N, E) router logits z of every row, teacher-forced over whole trajectories."""
         b, s, n_traj, n_steps = _layout(rows)
         device = next(self.router.parameters()).device
         d = rows.router_obs.shape[-1]
@@ -172,8 +190,7 @@ class PhaseRouting:
         goal[b] = rows.router_goal.to(device)
         experts = torch.zeros(n_traj, n_steps, dtype=torch.long, device=device)
         experts[b, s] = rows.expert.long().to(device)
-        logits = self.router(obs, goal, experts)[b, s]                      # (N, E)
-        return routing_probs(logits, self.temperature)
+        return self.router(obs, goal, experts)[b, s]                        # (N, E)
 
     def previous(self, rows: Rollout) -> torch.Tensor:
         """(N,) e_{t−1} of every row (−1 at a trajectory's first step)."""
@@ -306,6 +323,10 @@ def check_pamoe_config(cfg: Any) -> None:
     if cfg.rollout.generation_backend != "hf":
         raise ConfigError("model.pamoe.enabled: routed generation needs the HF loop; set "
                           "rollout.generation_backend=hf")
+    if p.pretrain_rollouts and (p.mode != "pa-moe" or p.num_experts < 4):
+        raise ConfigError("model.pamoe.pretrain_rollouts: the keyword labeller has 4 phases; "
+                          "router pre-training needs model.pamoe.mode=pa-moe and "
+                          "model.pamoe.num_experts >= 4 (or set pretrain_rollouts=0)")
     if launched_by_torchrun() or cfg.distributed.model_sharding != "replicated":
         raise ConfigError("model.pamoe.enabled: PA-MoE runs in one process for now; start "
                           "without torchrun/--nproc and with distributed.model_sharding="
@@ -322,5 +343,8 @@ def make_phase_routing(cfg: Any, model: torch.nn.Module, tokenizer: Any, *,
     router = attach_pamoe(model, options) if attach else attached_router(model)
     routing = PhaseRouting(model, tokenizer, options, router,
                            feature_max_tokens=p.feature_max_tokens,
-                           feature_batch_size=cfg.rollout.generation_batch_size)
+                           feature_batch_size=cfg.rollout.generation_batch_size,
+                           pretraining=RouterPretraining(p.pretrain_rollouts, p.pretrain_epochs,
+                                                         p.pretrain_lr,
+                                                         p.pretrain_navigate_after))
     return routing, (lambda: adapters_disabled(model))

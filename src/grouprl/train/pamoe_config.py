@@ -66,6 +66,15 @@ class PAMoEConfig:
                                            "read the last this-many tokens of each text")
     router_lr: Float | None = Field(None, gt=0.0, description="(trainer) router learning rate "
                                     "(null = optim.lr)")
+    pretrain_rollouts: Int = Field(0, ge=0, description="router pre-training (off by default): "
+                                   "rollouts of the warm start whose steps the code's keyword "
+                                   "labeller marks explore/interact/navigate/recover; the router "
+                                   "learns them by cross-entropy before RL (needs 4 experts)")
+    pretrain_epochs: Int = Field(5, ge=1, description="passes over the pre-training rollouts")
+    pretrain_lr: Float = Field(1e-3, gt=0.0, description="Adam learning rate of pre-training")
+    pretrain_navigate_after: Literal["processed", "taken"] = Field(
+        "processed", description="keyword labeller: 'navigate' needs the object taken and "
+        "processed (heated/cleaned/cooled), or only taken")
 
 
 def pamoe_options(c: PAMoEConfig) -> PAMoEOptions:

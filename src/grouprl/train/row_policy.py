@@ -66,6 +66,9 @@ class _Plain:
     def evaluation(self) -> None:
         return None
 
+    def pretrain(self, sampler: object) -> dict[str, float]:
+        return {}
+
     def begin(self, rows: Rollout) -> dict[str, float]:
         return {}
 
