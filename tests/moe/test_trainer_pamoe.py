@@ -29,7 +29,7 @@ from grouprl.moe import (
     multi_lora_layers,
     route,
 )
-from grouprl.policy import Generation, build_tiny_policy
+from grouprl.policy import Generation, build_tiny_policy, response_logprobs
 from grouprl.policy.load import LoraOptions, apply_lora
 from grouprl.policy.merge import merge_generations
 from grouprl.recipes import train
@@ -359,3 +359,23 @@ def test_router_pretraining_runs_before_rl_and_lowers_its_loss(tmp_path):
                ("explore", "interact", "navigate", "recover")) == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="num_experts >= 4"):
         train(_config(tmp_path / "x", "model.pamoe.pretrain_rollouts=1"), echo=lambda s: None)
+
+
+def test_straight_through_trains_the_router_through_the_adapters(routed):
+    model, tok, routing, rows = routed
+    model = copy.deepcopy(model)
+    opts = PAMoEOptions(**{**vars(routing.options), "router_grad": "straight_through",
+                           "switch_coef": 0.0, "load_balance_coef": 0.0})
+    r = PhaseRouting(model, tok, opts, attached_router(model))
+    idx = torch.tensor([0, 1])
+    fwd = r.micro_batch(rows, idx, grad=True)
+    logp, mask = rows.logprobs[idx], rows.response_mask[idx].bool()
+    same, old = fwd.joint(logp, mask, logp)
+    assert same is logp and old is logp                      # no log q(e) in the ratio
+    with torch.no_grad(), fwd.context():                     # value = hard routing (one-hot)
+        dense, _ = response_logprobs(model, rows.prompt_ids[idx], rows.prompt_mask[idx],
+                                     rows.response_ids[idx], rows.response_mask[idx])
+    assert (dense - logp[:, :dense.shape[1]])[mask[:, :dense.shape[1]]].abs().max() < 1e-5
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "pamoe_router" in n}
+    _update(model, rows, r)                                   # aux losses off: only the PG path
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
