@@ -116,7 +116,13 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+KEPT = "\n## What did and did not reproduce"
+"""The page's hand-written section from this heading on survives a rewrite."""
+
+
 def write_page(path: Path, records: list[dict], task: str, smoke: bool, extra: list[str]) -> None:
+    old = path.read_text() if path.is_file() else ""
+    kept = old[old.index(KEPT):] if KEPT in old else ""
     status = ("**Smoke run only** (tiny budget, for the plumbing; not a result)." if smoke else
               f"Runs: `{COMMAND}{' --task twx' if task == 'twx' else ''}`.")
     before = _cell([r["success_before"] for r in records])
@@ -127,7 +133,8 @@ def write_page(path: Path, records: list[dict], task: str, smoke: bool, extra: l
         "averaged over the run's iterations.\n\n"
         + ("Overrides of every run:\n\n```\n" + "\n".join(extra) + "\n```\n\n" if extra else "")
         + (table(records) if records else "(no finished runs)")
-        + f"\n\nHeld-out success of the warm start (before RL, all arms): {before}.\n")
+        + f"\n\nHeld-out success of the warm start (before RL, all arms): {before}.\n"
+        + kept)
 
 
 def main(argv: list[str] | None = None) -> int:
