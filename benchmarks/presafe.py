@@ -87,8 +87,14 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+KEPT = "\n## What did and did not reproduce"
+"""The page's hand-written section from this heading on survives a rewrite."""
+
+
 def write_page(path: Path, records: list[dict], setup: str, smoke: bool,
                overrides: list[str] = ()) -> None:
+    old = path.read_text() if path.is_file() else ""
+    kept = old[old.index(KEPT):] if KEPT in old and not smoke else ""
     status = ("**Smoke run only** (tiny budget, for the plumbing; not a result). The study is "
               f"pending: `{COMMAND}`." if smoke or not records else
               f"Runs: `{COMMAND}{' --toy' if setup == 'toy' else ''}`.")
@@ -105,7 +111,8 @@ def write_page(path: Path, records: list[dict], setup: str, smoke: bool,
            f"{_cell([r['bert_heldout'] for r in signals])}.\n\n" if signals else "")
         + "Paper (arXiv 2603.17368; only the abstract could be read; numbers via third-party "
         "digests): ASR from 20–70% down to 0–3.7% on 7B–14B reasoning models with reasoning "
-        "kept. Compare orderings, not values: models, data, judges and budgets differ.\n")
+        "kept. Compare orderings, not values: models, data, judges and budgets differ.\n"
+        + kept)
 
 
 def main(argv: list[str] | None = None) -> int:
