@@ -379,3 +379,12 @@ def test_straight_through_trains_the_router_through_the_adapters(routed):
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "pamoe_router" in n}
     _update(model, rows, r)                                   # aux losses off: only the PG path
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "hgpo", "graphgpo"])
+def test_pamoe_trains_with_other_estimators(tmp_path, estimator):
+    cfg = _config(tmp_path, "iterations=1", "eval.every=0", f"algorithm.estimator={estimator}")
+    train(cfg, echo=lambda s: None)
+    last = read_metrics(cfg.run_dir)[-1]
+    assert last["actor/updates"] == 2.0 and last["actor/sampler_logp_gap"] < 1e-5
+    assert "router/entropy" in last
