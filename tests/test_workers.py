@@ -285,6 +285,8 @@ def test_close_reaps_every_worker_and_runs_finalize(tmp_path):
 
 
 def test_ctrl_c_during_a_call_closes_the_pool():
+    # a background job starts Python with SIGINT ignored: give this test the usual Ctrl-C
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     pool = pool_of(2, timeout=None)
     pool.start()
     pids = pool.pids
@@ -296,6 +298,7 @@ def test_ctrl_c_during_a_call_closes_the_pool():
             pool.call({0: ("sleep", 60), 1: ("echo", 0)})
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert pool.closed and not any(alive(p) for p in pids)
 
 
