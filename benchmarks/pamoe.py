@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from grouprl.recipes import train  # noqa: E402
 from grouprl.train.config import load_config  # noqa: E402
+from grouprl.train.safe_io import write_text_atomically  # noqa: E402
 
 ARMS = ("pa-moe", "single", "token")
 COMMAND = "python benchmarks/pamoe.py"
@@ -87,7 +88,7 @@ def run_one(config: Path, arm: str, seed: int, out: Path, extra: list[str]) -> d
         cfg = load_config(config, [f"seed={seed}", f"run_dir={run_dir}", "logging.progress=false",
                                    *extra, *arm_overrides(arm, p.rank, p.num_experts)])
         result = train(cfg, echo=lambda _: None)
-        summary.write_text(json.dumps(summarise(result.metrics)))
+        write_text_atomically(summary, json.dumps(summarise(result.metrics)))
     return {"arm": arm, "seed": seed, **json.loads(summary.read_text())}
 
 

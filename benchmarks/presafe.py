@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from grouprl.recipes import train  # noqa: E402
 from grouprl.train.config import load_config  # noqa: E402
+from grouprl.train.safe_io import write_text_atomically  # noqa: E402
 
 ARMS = ("base", "sft", "presafe")
 COMMAND = "python benchmarks/presafe.py"
@@ -60,7 +61,7 @@ def run_one(config: Path, arm: str, seed: int, out: Path, extra: list[str]) -> d
         cfg = load_config(config, [f"seed={seed}", f"run_dir={run_dir}",
                                    "logging.progress=false", *extra, *gamma])
         rows = train(cfg, echo=lambda _: None).metrics
-        summary.write_text(json.dumps({"first": rows[0], "last": rows[-1],
+        write_text_atomically(summary, json.dumps({"first": rows[0], "last": rows[-1],
                                        "steps": rows[-1]["iteration"]}))
     saved = json.loads(summary.read_text())
     row = saved["first"] if arm == "base" else saved["last"]

@@ -42,6 +42,7 @@ from grouprl.train.pamoe import PhaseRouting, attach_pamoe
 from grouprl.train.pamoe_pretrain import phase_labels
 from grouprl.train.row_policy import PLAIN
 from grouprl.train.sampling import Sampler
+from grouprl.train.task_metrics import category_metrics
 
 EASY = "#####\n#___#\n#OXP#\n#___#\n#####"
 HARD = "######\n#____#\n#_OX_#\n#___P#\n#____#\n######"
@@ -305,15 +306,20 @@ def test_grouprl_eval_routes_a_trained_pamoe_run(tmp_path, capsys):
     (["model.lora.enabled=true"], "set model.lora.enabled=false"),
     (["rollout.generation_backend=vllm"], "rollout.generation_backend=hf"),
     (["mode=preference"], "mode: rl only"),
+    (["env.kwargs={tasks: [{name: test_pamoe_level, colour: red}]}"],
+     r"env.kwargs.tasks\[0\].colour: unknown key"),
 ])
 def test_pamoe_config_errors_name_the_key(tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):
         train(_config(tmp_path, *extra), echo=lambda s: None)
 
 
-def test_rows_batch_is_untouched_by_routing_columns(routed):
+def test_a_single_task_env_gives_no_categories(routed):
     rows = routed[3]
-    assert isinstance(rows.batch, RolloutBatch) and rows.category == [None] * len(rows)
+    assert rows.category == [None] * len(rows) and category_metrics(rows, "train") == {}
+    assert routed[2].begin(rows).keys() >= {"router/entropy", "router/usage/expert_0"}
+    assert not any(k.startswith(("router/usage/None", "router/occupancy"))
+                   for k in routed[2].begin(rows))
 
 
 @pytest.mark.parametrize("mode, router, gates", [("reference", False, False),

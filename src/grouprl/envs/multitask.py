@@ -38,7 +38,8 @@ from .base import TextEnv, anchor_of
 from .jvm import seed_index
 from .registry import make_env, resolve_factory
 
-__all__ = ["MultiTaskEnv", "task_of_seed", "category_anchor", "task_categories", "TASK_KEYS"]
+__all__ = ["MultiTaskEnv", "task_of_seed", "category_anchor", "task_categories", "check_tasks",
+           "TASK_KEYS"]
 
 TASK_KEYS = ("name", "kwargs", "category")
 """The keys of a task dict (``name`` required)."""
@@ -99,6 +100,19 @@ def _check_task(i: int, task: Any) -> dict[str, Any]:
     return out
 
 
+def check_tasks(tasks: Any) -> list[dict[str, Any]]:
+    """``tasks`` checked (a non-empty list of task dicts, unique categories) without making any
+    env: what a config check calls before a run starts; errors name ``env.kwargs.tasks``."""
+    if isinstance(tasks, (str, bytes, dict)) or not isinstance(tasks, Sequence):
+        raise TypeError(f"{_FIELD}: expected a list of task dicts, got {type(tasks).__name__}")
+    if not tasks:
+        raise ValueError(f"{_FIELD}: empty; give at least one task "
+                         "{name: <env>, kwargs: {...}}")
+    checked = [_check_task(i, t) for i, t in enumerate(tasks)]
+    task_categories(checked)
+    return checked
+
+
 def task_categories(tasks: Sequence[dict[str, Any]]) -> list[str]:
     """The category of each checked task: its own, or the default of the module docstring."""
     base = [t["name"].rpartition(":")[2] for t in tasks]
@@ -141,13 +155,8 @@ class MultiTaskEnv:
     """
 
     def __init__(self, tasks: Sequence[dict[str, Any]], *, max_open: int | None = None) -> None:
-        if isinstance(tasks, (str, bytes, dict)) or not isinstance(tasks, Sequence):
-            raise TypeError(f"{_FIELD}: expected a list of task dicts, got {type(tasks).__name__}")
-        if not tasks:
-            raise ValueError(f"{_FIELD}: empty; give at least one task "
-                             "{name: <env>, kwargs: {...}}")
         check_int("max_open", max_open, 1, none_ok=True)
-        self.tasks = [_check_task(i, t) for i, t in enumerate(tasks)]
+        self.tasks = check_tasks(tasks)
         self.categories: tuple[str, ...] = tuple(task_categories(self.tasks))
         self.max_open = max_open
         self._open: OrderedDict[int, TextEnv] = OrderedDict()  # least recently used first

@@ -32,6 +32,7 @@ from grouprl.agent.memory import HistoryMemory
 from grouprl.agent.prompts import PromptTemplate, template_from_config
 from grouprl.agent.rollout import render_prompt
 from grouprl.envs import LazyFactory, available_envs
+from grouprl.envs.multitask import check_tasks
 from grouprl.envs.registry import resolve_factory
 from grouprl.losses import SEQUENCE_LOSSES, available_policy_losses
 from grouprl.losses.objective import make_objective, objective_class
@@ -134,6 +135,11 @@ def check_rl_config(cfg: TrainConfig) -> PromptTemplate:
     :func:`check_multiagent_config`, which ``grouprl config`` reaches through here)."""
     check_generation_backend(cfg)
     check_pamoe_config(cfg)
+    if cfg.env.name == "multitask":               # its tasks, before any env is made
+        try:
+            check_tasks(cfg.env.kwargs.get("tasks"))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(str(err)) from None
     if cfg.mode == "multiagent":
         return check_multiagent_config(cfg)
     a, r, ro = cfg.algorithm, cfg.reward, cfg.rollout

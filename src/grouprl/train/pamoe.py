@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from grouprl.batch import Rollout
+from grouprl.batch import Rollout, factorize
 from grouprl.distributed import launched_by_torchrun
 from grouprl.moe import (
     ROUTER_ATTRIBUTE,
@@ -87,10 +87,8 @@ def attach_pamoe(model: torch.nn.Module, options: PAMoEOptions) -> PhaseRouter |
 def _layout(rows: Rollout) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """``(b, s, B, S)``: each row's trajectory slot b and step position s (rows of a trajectory
     are its steps 0..L−1: trajectories are kept or dropped whole)."""
-    traj = torch.as_tensor(rows.batch.traj_id).long()
+    b, n_traj = factorize(rows.batch.traj_id, "traj_id")
     step = torch.as_tensor(rows.batch.step).long()
-    _, b = torch.unique(traj, return_inverse=True)
-    n_traj = int(b.max()) + 1 if b.numel() else 0
     return b, step, n_traj, int(step.max()) + 1 if step.numel() else 0
 
 
