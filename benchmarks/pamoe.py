@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from grouprl.recipes import train  # noqa: E402
 from grouprl.train.config import load_config  # noqa: E402
 from grouprl.train.safe_io import write_text_atomically  # noqa: E402
+from study import cell, kept_section  # noqa: E402
 
 ARMS = ("pa-moe", "single", "token")
 COMMAND = "python benchmarks/pamoe.py"
@@ -92,14 +93,6 @@ def run_one(config: Path, arm: str, seed: int, out: Path, extra: list[str]) -> d
     return {"arm": arm, "seed": seed, **json.loads(summary.read_text())}
 
 
-def _cell(values: list) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "—"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
-
-
 def table(records: list[dict]) -> str:
     cats = sorted({c for r in records for c in r["categories"]})
     cols = (["success"] + [f"success/{c}" for c in cats] + [f"occupancy/{c}" for c in cats]
@@ -113,20 +106,15 @@ def table(records: list[dict]) -> str:
         if rows:
             params = rows[0].get("params")
             lines.append(f"| {arm} | {len(rows)} | {int(params) if params else '—'} | "
-                         + " | ".join(_cell([r.get(k) for r in rows]) for k in cols) + " |")
+                         + " | ".join(cell([r.get(k) for r in rows]) for k in cols) + " |")
     return "\n".join(lines)
 
 
-KEPT = "\n## What did and did not reproduce"
-"""The page's hand-written section from this heading on survives a rewrite."""
-
-
 def write_page(path: Path, records: list[dict], task: str, smoke: bool, extra: list[str]) -> None:
-    old = path.read_text() if path.is_file() else ""
-    kept = old[old.index(KEPT):] if KEPT in old else ""
+    kept = kept_section(path)
     status = ("**Smoke run only** (tiny budget, for the plumbing; not a result)." if smoke else
               f"Runs: `{COMMAND}{' --task twx' if task == 'twx' else ''}`.")
-    before = _cell([r["success_before"] for r in records])
+    before = cell([r["success_before"] for r in records])
     path.write_text(
         "# PA-MoE study: phase-routed experts vs one LoRA vs token-level routing\n\n"
         f"{status}\n\nProtocol: `benchmarks/pamoe.py` (module docstring), task `{task}`, equal "

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from grouprl.recipes import train  # noqa: E402
 from grouprl.train.config import load_config  # noqa: E402
+from study import cell  # noqa: E402
 
 ARMS = ("phgpo", "grpo", "supervised")
 COMMAND = "python benchmarks/phgpo.py"
@@ -95,13 +95,6 @@ def run_one(config: Path, arm: str, seed: int, out: Path, extra: list[str]) -> d
     return record
 
 
-def _cell(values: list[float]) -> str:
-    if not values:
-        return "—"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
-
-
 def table(records: list[dict]) -> str:
     lines = ["| arm | seeds | " + " | ".join(name for _, name in KEYS) + " |",
              "|---|---|" + "---|" * len(KEYS)]
@@ -109,7 +102,7 @@ def table(records: list[dict]) -> str:
         rows = [r for r in records if r["arm"] == arm]
         if rows:
             lines.append(f"| {arm} | {len(rows)} | " + " | ".join(
-                _cell([r[k] for r in rows if r[k] is not None]) for k, _ in KEYS) + " |")
+                cell([r[k] for r in rows if r[k] is not None]) for k, _ in KEYS) + " |")
     return "\n".join(lines)
 
 

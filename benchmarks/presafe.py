@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -37,6 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from grouprl.recipes import train  # noqa: E402
 from grouprl.train.config import load_config  # noqa: E402
 from grouprl.train.safe_io import write_text_atomically  # noqa: E402
+from study import cell, kept_section  # noqa: E402
 
 ARMS = ("base", "sft", "presafe")
 COMMAND = "python benchmarks/presafe.py"
@@ -70,13 +70,6 @@ def run_one(config: Path, arm: str, seed: int, out: Path, extra: list[str]) -> d
             "safe_refusal": saved["first"].get("signals/safe_refusal_rate_harmful")}
 
 
-def _cell(values: list[float]) -> str:
-    if not values:
-        return "—"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
-
-
 def table(records: list[dict]) -> str:
     lines = ["| arm | seeds | " + " | ".join(name for _, name in KEYS) + " |",
              "|---|---|" + "---|" * len(KEYS)]
@@ -84,18 +77,13 @@ def table(records: list[dict]) -> str:
         rows = [r for r in records if r["arm"] == arm]
         if rows:
             lines.append(f"| {arm} | {len(rows)} | " + " | ".join(
-                _cell([r[k] for r in rows if r[k] is not None]) for k, _ in KEYS) + " |")
+                cell([r[k] for r in rows if r[k] is not None]) for k, _ in KEYS) + " |")
     return "\n".join(lines)
-
-
-KEPT = "\n## What did and did not reproduce"
-"""The page's hand-written section from this heading on survives a rewrite."""
 
 
 def write_page(path: Path, records: list[dict], setup: str, smoke: bool,
                overrides: list[str] = ()) -> None:
-    old = path.read_text() if path.is_file() else ""
-    kept = old[old.index(KEPT):] if KEPT in old and not smoke else ""
+    kept = "" if smoke else kept_section(path)
     status = ("**Smoke run only** (tiny budget, for the plumbing; not a result). The study is "
               f"pending: `{COMMAND}`." if smoke or not records else
               f"Runs: `{COMMAND}{' --toy' if setup == 'toy' else ''}`.")
@@ -107,9 +95,9 @@ def write_page(path: Path, records: list[dict], setup: str, smoke: bool,
         "prompt; mean ± sd over seeds of the last evaluation (base: step 0).\n\n"
         + ("Overrides of every run:\n\n```\n" + "\n".join(overrides) + "\n```\n\n"
            if overrides else "") + (table(records) if records else "(no finished runs)") + "\n\n"
-        + (f"Step A: the safe model refused {_cell([r['safe_refusal'] for r in signals])} of the "
+        + (f"Step A: the safe model refused {cell([r['safe_refusal'] for r in signals])} of the "
            f"harmful training queries; classifier held-out accuracy "
-           f"{_cell([r['bert_heldout'] for r in signals])}.\n\n" if signals else "")
+           f"{cell([r['bert_heldout'] for r in signals])}.\n\n" if signals else "")
         + "Paper (arXiv 2603.17368; only the abstract could be read; numbers via third-party "
         "digests): ASR from 20–70% down to 0–3.7% on 7B–14B reasoning models with reasoning "
         "kept. Compare orderings, not values: models, data, judges and budgets differ.\n"
